@@ -1,0 +1,141 @@
+"""The config schema: every key a run understands, with its default and type.
+
+Experiment configs are ordinary `ml_collections.ConfigDict`s that set some of these keys.
+`resolve(config)` merges them over the defaults and rejects unknown keys and wrong types,
+so a typo fails at start-up instead of being silently ignored.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from research.errors import UserError
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+  """A model: `name` picks the architecture, the rest are its hyper-parameters."""
+  return ml_collections.ConfigDict(dict(
+      name="mlp",            # mlp | cnn | resnet
+      widths=(1200, 1200),   # mlp hidden widths; cnn/resnet channels per stage
+      num_classes=10,
+      dropout_input=0.0,     # mlp only
+      dropout_hidden=0.0,
+      blocks_per_stage=1,    # resnet only
+  ))
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every key a run understands. Durations are in steps or epochs; the trainer resolves them."""
+  return ml_collections.ConfigDict(dict(
+      seed=0,
+      dataset=dict(
+          name="mnist5k",          # TFDS name; offline builders: mnist5k, digits, fashion_mnist
+          data_dir="",             # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+          train_split="train",
+          eval_split="test",
+          exclude_labels=(),       # train on a transfer set without these classes (Hinton's omitted 3)
+          translate_px=0,          # random +-px translation of training images (Hinton's jitter)
+          in_memory=True,          # decode the whole split once; set False for large datasets
+          download=True,           # allow TFDS to download a dataset that is not prepared
+      ),
+      batch_size=128,              # global, over all devices and hosts
+      eval_batch_size=1000,
+      num_epochs=1.0,
+      num_steps=-1,                # > 0 overrides num_epochs
+      model=model_defaults(),
+      teacher=dict(
+          checkpoint="",           # workdir (or its checkpoints/ folder) of a finished teacher run; '' = none
+          model=model_defaults(),
+      ),
+      method=dict(
+          name="supervised",       # supervised | hinton_kd
+          temperature=1.0,
+          alpha=0.0,               # weight of the soft-target term
+      ),
+      optimizer=dict(
+          name="adam",             # adam | sgd
+          lr=1e-3,
+          schedule="cosine",       # cosine | constant
+          warmup_steps=0,
+          momentum=0.9,            # sgd only
+          weight_decay=0.0,        # decoupled (AdamW / SGDW style)
+          grad_clip_norm=0.0,      # 0 = off
+      ),
+      parallel=dict(
+          mode="shard_map",        # shard_map | pmap  (same per-device step)
+          num_devices=-1,          # -1 = all local devices
+      ),
+      log_every_steps=50,
+      eval_every_steps=-1,         # -1 = at the end of each epoch
+      checkpoint_every_steps=-1,   # -1 = at the end of each epoch
+      keep_checkpoints=3,
+  ))
+
+
+def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+  """Returns the defaults overridden by `config`; unknown keys or wrong types raise UserError."""
+  merged = defaults()
+  _merge(merged, config, path="config")
+  _check_values(merged)
+  return ml_collections.FrozenConfigDict(merged)
+
+
+def _merge(base: ml_collections.ConfigDict, update: Any, path: str) -> None:
+  items = update.items() if hasattr(update, "items") else None
+  if items is None:
+    raise UserError(f"{path} must be a dict of settings, got {type(update).__name__}.")
+  for key, value in items:
+    where = f"{path}.{key}"
+    if key not in base:
+      known = ", ".join(sorted(base.keys()))
+      raise UserError(f"Unknown config key '{where}'. Known keys here: {known}.")
+    default = base[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      _merge(default, value, where)
+    else:
+      base[key] = _coerce(value, default, where)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+  """Accepts the default's type (ints for floats, lists for tuples); rejects the rest."""
+  if isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, int):
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif isinstance(default, float):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    value = float(value) if ok else value
+  elif isinstance(default, str):
+    ok = isinstance(value, str)
+  elif isinstance(default, tuple):
+    ok = isinstance(value, (tuple, list))
+    value = tuple(value) if ok else value
+  else:
+    ok = True
+  if not ok:
+    raise UserError(f"Config key '{where}' must be {type(default).__name__} "
+                    f"(default {default!r}), got {type(value).__name__} {value!r}.")
+  return value
+
+
+_CHOICES = {
+    "method.name": ("supervised", "hinton_kd"),
+    "optimizer.name": ("adam", "sgd"),
+    "optimizer.schedule": ("cosine", "constant"),
+    "parallel.mode": ("shard_map", "pmap"),
+}
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
+  for dotted, choices in _CHOICES.items():
+    section, key = dotted.split(".")
+    if config[section][key] not in choices:
+      raise UserError(f"config.{dotted}={config[section][key]!r} is not one of {choices}.")
+  if config.batch_size <= 0 or config.eval_batch_size <= 0:
+    raise UserError("config.batch_size and config.eval_batch_size must be positive.")
+  if config.num_steps <= 0 and config.num_epochs <= 0:
+    raise UserError("Set config.num_epochs > 0 or config.num_steps > 0.")
+  if config.method.name != "supervised" and not config.teacher.checkpoint:
+    raise UserError(f"method '{config.method.name}' needs a teacher: set "
+                    "config.teacher.checkpoint to the workdir of a trained teacher run.")

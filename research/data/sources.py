@@ -1,0 +1,89 @@
+"""Find a TFDS dataset by name and open a split as a random-access source, without TensorFlow.
+
+Order of resolution for `open_split(name, split, data_dir)`:
+  1. the dataset is already prepared in `data_dir` → read it;
+  2. it is one of our offline builders (research/data/builders.py) → build it from packaged files;
+     `fashion_mnist` maps to `fashion_mnist_local` when the Debian files are present (same data);
+  3. `download=True` → let TFDS download and prepare it (needs internet);
+  4. otherwise → UserError saying how to obtain it.
+"""
+from absl import logging
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from research.data import builders
+from research.errors import UserError
+
+tfds.disable_progress_bar()
+
+_LOCAL_ALIASES = {"fashion_mnist": "fashion_mnist_local"}
+
+
+def _prepared(name: str, data_dir: str) -> bool:
+  try:
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception:  # pylint: disable=broad-except  # unknown name or missing TFDS module
+    return False
+
+
+def prepare(name: str, data_dir: str = "", download: bool = True) -> str:
+  """Makes sure `name` is prepared in `data_dir`; returns the TFDS name to read it under."""
+  data_dir = data_dir or builders.default_data_dir()
+  if _prepared(name, data_dir):
+    return name
+  local = _LOCAL_ALIASES.get(name, name)
+  if local in builders.OFFLINE_BUILDERS and (
+      local != "fashion_mnist_local" or builders.fashion_mnist_debian_available()):
+    if local != name:
+      logging.info("Dataset %s: using %s built from local files (same examples).", name, local)
+    if not _prepared(local, data_dir):
+      builders.OFFLINE_BUILDERS[local](data_dir=data_dir, file_format="array_record").download_and_prepare()
+    return local
+  how = ("`apt-get install dataset-fashion-mnist` (then it is built offline), or "
+         if name == "fashion_mnist" else "")
+  if not download:
+    raise UserError(
+        f"Dataset '{name}' is not prepared in {data_dir} and downloads are off "
+        f"(config.dataset.download=False). Get it with {how}a run on a machine with internet "
+        f"and dataset.download=True, or pick an offline dataset: {', '.join(builders.OFFLINE_BUILDERS)}.")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(
+        f"Dataset '{name}' is not prepared in {data_dir} and TFDS could not download it "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Get it with {how}"
+        f"a run on a machine with internet, or pick an offline dataset: "
+        f"{', '.join(builders.OFFLINE_BUILDERS)}.") from e
+  return name
+
+
+def open_split(name: str, split: str, data_dir: str = "", download: bool = True):
+  """A random-access source of {'image': uint8 (H, W, C), 'label': int} dicts for `split`."""
+  data_dir = data_dir or builders.default_data_dir()
+  tfds_name = prepare(name, data_dir, download)
+  try:
+    return tfds.data_source(tfds_name, split=split, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"Cannot open split '{split}' of dataset '{name}': {e}. "
+                    "Splits look like 'train', 'test', 'train[:3600]' or 'train[90%:]'.") from e
+
+
+class ArraySource:
+  """A decoded split held in memory: a Grain-compatible random-access source of numpy arrays."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  @classmethod
+  def from_tfds(cls, source) -> "ArraySource":
+    records = source.__getitems__(list(range(len(source))))
+    return cls(np.stack([r["image"] for r in records]),
+               np.asarray([r["label"] for r in records], np.int32))
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict:
+    return {"image": self.images[index], "label": self.labels[index]}

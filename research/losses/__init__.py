@@ -1,0 +1,2 @@
+"""Pure loss functions; see classification.py."""
+from research.losses.classification import cross_entropy, hinton_kd, kl_divergence, soft_cross_entropy

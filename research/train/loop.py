@@ -1,0 +1,148 @@
+"""`train_and_evaluate(config, workdir)`: the one trainer every experiment runs.
+
+mesh → data → teacher (frozen, read-only) → student state (fresh or resumed) → jitted steps
+→ metrics, evaluation and checkpoints → final evaluation. A config without a teacher is plain
+supervised training, which is how teachers are made. Re-running with the same workdir resumes;
+a finished run returns its final metrics without training again.
+"""
+import json
+import math
+import os
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from research import config as config_lib
+from research import methods, models
+from research.data import pipeline
+from research.errors import UserError
+from research.train import checkpoint, optimizer, parallel, step as step_lib
+from research.train.metrics import MetricWriter, Progress
+from research.train.state import TrainState, init_variables
+
+# Keys that may change between a run and its resumption without changing its results.
+_RESUMABLE_CHANGES = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+
+
+def schedule(config: ml_collections.ConfigDict, num_examples: int) -> dict:
+  """Resolves durations written in epochs into steps."""
+  steps_per_epoch = max(num_examples // config.batch_size, 1)
+  total = config.num_steps if config.num_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
+  every = lambda v: v if v > 0 else steps_per_epoch
+  return {"steps_per_epoch": steps_per_epoch, "total_steps": total,
+          "eval_every": every(config.eval_every_steps), "checkpoint_every": every(config.checkpoint_every_steps)}
+
+
+def _write_config(config, workdir: pathlib.Path) -> None:
+  """Saves config.json; refuses to resume a workdir whose run had a different config."""
+  path = workdir / "config.json"
+  current = json.loads(config.to_json())
+  if path.exists():
+    saved = json.loads(path.read_text())
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES)
+    if changed:
+      raise UserError(f"--workdir {workdir} holds a run with a different config (keys {changed}); "
+                      "resume it with the same config or use a new --workdir.")
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(current, indent=2))
+
+
+def _load_teacher(config, workdir: pathlib.Path, example_shape, engine):
+  if not config.teacher.checkpoint:
+    return None, None
+  teacher_path = pathlib.Path(config.teacher.checkpoint).expanduser().absolute()
+  if teacher_path == workdir or workdir in teacher_path.parents:
+    raise UserError(f"config.teacher.checkpoint={teacher_path} lies inside the student's --workdir; "
+                    "the teacher must live in its own workdir (it is read-only here).")
+  teacher = models.build(config.teacher.model)
+  expected = jax.eval_shape(lambda: init_variables(teacher, example_shape, jax.random.PRNGKey(0)))
+  variables = checkpoint.load_variables(str(teacher_path), expected, "teacher")
+  return teacher, engine.put_replicated(variables)
+
+
+def evaluate(engine, eval_step, variables, dataset_config, split: str, batch_size: int) -> dict:
+  """Accuracy, errors, loss and count of the model over the whole `split` (exact, padded batches)."""
+  totals = None
+  for batch in pipeline.eval_batches(dataset_config, split, batch_size):
+    sums = eval_step(variables, engine.put_batch(batch))
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"accuracy": float(totals["correct"]) / count, "errors": count - float(totals["correct"]),
+          "loss": float(totals["loss"]) / count, "count": count}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes, or finds finished) the run in `workdir`; returns the final eval metrics."""
+  config = config_lib.resolve(config)
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_config(config, workdir)
+
+  devices = parallel.select_devices(config.parallel.num_devices)
+  engine = parallel.make_engine(config.parallel.mode, devices)
+  parallel.check_batch_size(config.batch_size, engine.num_devices)
+  parallel.check_batch_size(config.eval_batch_size, engine.num_devices, "eval_batch_size")
+
+  example_shape = pipeline.example_shape(config.dataset)
+  plan = schedule(config, pipeline.num_train_examples(config))
+  total_steps = plan["total_steps"]
+  method = methods.build(config.method)
+  student = models.build(config.model)
+  tx = optimizer.build(config.optimizer, total_steps)
+  teacher, teacher_variables = _load_teacher(config, workdir, example_shape, engine)
+  if method.needs_teacher and teacher is None:
+    raise UserError(f"method '{config.method.name}' needs config.teacher.checkpoint.")
+
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  host_state = jax.device_get(TrainState.create(init_variables(student, example_shape, init_rng), tx, state_rng))
+  ckpt = checkpoint.Checkpointer(str(workdir), config.keep_checkpoints)
+  train_data = pipeline.train_dataset(config, config.batch_size, seed=config.seed).to_iter_dataset()
+  train_iter = iter(train_data)
+  if ckpt.latest_step() is not None:
+    host_state, data_state = ckpt.restore(host_state)
+    train_iter.set_state(data_state)
+    logging.info("Resumed %s at step %d.", workdir, int(host_state.step))
+  first_step = int(host_state.step)
+  state = engine.put_replicated(host_state)
+
+  train_step = engine.compile_train(step_lib.make_train_step(student, teacher, method, tx))
+  eval_step = engine.compile_eval(step_lib.make_eval_step(student))
+  run_eval = lambda variables: evaluate(engine, eval_step, variables, config.dataset,
+                                        config.dataset.eval_split, config.eval_batch_size)
+  writer = MetricWriter(str(workdir))
+  progress = Progress(first_step, total_steps)
+  logging.info("Training %s for %d steps (%d per epoch) on %d devices (%s), from step %d.",
+               config.model.name, total_steps, plan["steps_per_epoch"], engine.num_devices,
+               config.parallel.mode, first_step)
+  pending = None  # (step, metrics) of the previous step: read after the next one is dispatched
+  for step in range(first_step + 1, total_steps + 1):
+    state, metrics = train_step(state, teacher_variables, engine.put_batch(next(train_iter)))
+    if pending is not None:
+      writer.write(pending[0], "train", pending[1])
+      progress.log(*pending)
+      pending = None
+    if step % config.log_every_steps == 0 or step == total_steps:
+      pending = (step, metrics)
+    if step % plan["eval_every"] == 0 and step != total_steps:
+      writer.write(step, "eval", run_eval(engine.unreplicate(state).variables))
+    if step % plan["checkpoint_every"] == 0 or step == total_steps:
+      ckpt.save(step, engine.unreplicate(state), train_iter.get_state())
+  if pending is not None:
+    writer.write(pending[0], "train", jax.device_get(pending[1]))
+    progress.log(*pending)
+
+  final = run_eval(engine.unreplicate(state).variables)
+  final["step"] = int(jax.device_get(engine.unreplicate(state).step))
+  writer.write(final["step"], "eval", final)
+  logging.info("Final eval on %s: %s", config.dataset.eval_split, final)
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  if jax.process_index() == 0:
+    (workdir / "results.json").write_text(json.dumps(final, indent=2))
+  return final
