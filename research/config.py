@@ -68,15 +68,23 @@ def defaults() -> ml_collections.ConfigDict:
       ),
       log_every_steps=50,
       eval_every_steps=-1,         # -1 = at the end of each epoch
-      checkpoint_every_steps=-1,   # -1 = at the end of each epoch
+      checkpoint_every_steps=1000, # and always at the last step; -1 = at the end of each epoch
       keep_checkpoints=3,
   ))
 
 
-def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
-  """Returns the defaults overridden by `config`; unknown keys or wrong types raise UserError."""
+def build(overrides: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+  """The complete config: defaults overridden by `overrides`. Experiment `get_config`s return this,
+  so every key can be overridden from the command line. Unknown keys or wrong types raise UserError.
+  """
   merged = defaults()
-  _merge(merged, config, path="config")
+  _merge(merged, overrides, path="config")
+  return merged
+
+
+def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.FrozenConfigDict:
+  """Validates a (possibly partial) config and returns it complete and frozen."""
+  merged = build(config)
   _check_values(merged)
   return ml_collections.FrozenConfigDict(merged)
 
@@ -139,3 +147,27 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   if config.method.name != "supervised" and not config.teacher.checkpoint:
     raise UserError(f"method '{config.method.name}' needs a teacher: set "
                     "config.teacher.checkpoint to the workdir of a trained teacher run.")
+
+
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """Parses a config-file argument like 'student_kd,small,seed=2' (big_vision style).
+
+  Bare words set the boolean default of that name to True (or pick the value of the one
+  string default named `run` when they match none); 'key=value' sets a default, keeping its type.
+  Unknown words fail, listing what is accepted.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  for token in filter(None, (arg or "").split(",")):
+    key, has_value, value = token.partition("=")
+    if has_value:
+      if key not in defaults:
+        raise UserError(f"Unknown config argument '{key}'; accepted: {', '.join(defaults)}.")
+      kind = type(defaults[key])
+      result[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    elif isinstance(defaults.get(token), bool):
+      result[token] = True
+    elif "run" in defaults:
+      result.run = token
+    else:
+      raise UserError(f"Unknown config argument '{token}'; accepted: {', '.join(defaults)}.")
+  return result

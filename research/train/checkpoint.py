@@ -6,7 +6,6 @@ A run's workdir holds `checkpoints/<step>/` with three items:
   data       the Grain iterator state (JSON), so a resumed run sees the same batches
 Saving is asynchronous and atomic (Orbax writes to a temporary folder and renames it).
 """
-import os
 import pathlib
 
 import jax
@@ -48,8 +47,7 @@ class Checkpointer:
     fails with the first mismatching parameter named.
     """
     step = self._manager.latest_step()
-    saved = self._manager.item_metadata(step)
-    check_compatible(saved["variables"], host_state.variables, "the checkpoint in this workdir",
+    check_compatible(_saved_variables(self._manager.directory / str(step)), host_state.variables, "the checkpoint in this workdir",
                      "config.model (or use a new --workdir)")
     train = {"step": host_state.step, "opt_state": host_state.opt_state, "rng": host_state.rng}
     restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -66,6 +64,11 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _saved_variables(step_dir: pathlib.Path):
+  """The saved `variables` tree with shape metadata at its leaves (nothing is read into memory)."""
+  return ocp.PyTreeCheckpointHandler().metadata(step_dir / "variables").tree
 
 
 def _shapes(tree) -> dict:
@@ -106,14 +109,9 @@ def load_variables(path: str, expected_variables, what: str = "teacher") -> dict
   if step is None:
     raise UserError(f"{what} checkpoint not found: {directory} holds no finished checkpoint. "
                     f"Train the {what} to completion first, or fix config.teacher.checkpoint.")
-  check_compatible(manager.item_metadata(step)["variables"], expected_variables,
+  check_compatible(_saved_variables(directory / str(step)), expected_variables,
                    f"{what} checkpoint {directory}/{step}", "config.teacher.model to match the teacher")
   target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), expected_variables)
   restored = manager.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(target)))
   manager.close()
   return restored["variables"]
-
-
-def is_writable_by_us(path: str, workdir: str) -> bool:
-  """True if `path` lies inside `workdir`: a teacher must never be stored under the student's run."""
-  return os.path.commonpath([os.path.abspath(path), os.path.abspath(workdir)]) == os.path.abspath(workdir)

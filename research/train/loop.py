@@ -80,23 +80,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes, or finds finished) the run in `workdir`; returns the final eval metrics."""
   config = config_lib.resolve(config)
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  _write_config(config, workdir)
-
+  # Everything that can be wrong with the request is checked before the workdir is touched.
   devices = parallel.select_devices(config.parallel.num_devices)
   engine = parallel.make_engine(config.parallel.mode, devices)
   parallel.check_batch_size(config.batch_size, engine.num_devices)
   parallel.check_batch_size(config.eval_batch_size, engine.num_devices, "eval_batch_size")
-
-  example_shape = pipeline.example_shape(config.dataset)
-  plan = schedule(config, pipeline.num_train_examples(config))
-  total_steps = plan["total_steps"]
   method = methods.build(config.method)
   student = models.build(config.model)
-  tx = optimizer.build(config.optimizer, total_steps)
+  example_shape = pipeline.example_shape(config.dataset)
   teacher, teacher_variables = _load_teacher(config, workdir, example_shape, engine)
   if method.needs_teacher and teacher is None:
     raise UserError(f"method '{config.method.name}' needs config.teacher.checkpoint.")
+  plan = schedule(config, pipeline.num_train_examples(config))
+  total_steps = plan["total_steps"]
+  tx = optimizer.build(config.optimizer, total_steps)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_config(config, workdir)
 
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   host_state = jax.device_get(TrainState.create(init_variables(student, example_shape, init_rng), tx, state_rng))
