@@ -1,0 +1,1 @@
+"""Evaluation of finished runs (logits, errors, per-class analysis); see classification.py."""
