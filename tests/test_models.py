@@ -27,6 +27,26 @@ def init_shapes(model, shape):
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
 
 
+def init_numpy(model, shape, seed=0):
+  """Variables of `model.init`'s structure filled from numpy: BN mean 0 / var 1 / scale 1, other
+  leaves N(0, 0.3²). Skips compiling JAX's random initialisers (seconds per shape on CPU), which
+  these tests do not exercise."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name in ("mean", "bias"):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if name in ("var", "scale"):
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return jnp.asarray(0.3 * rng.standard_normal(leaf.shape), leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, init_shapes(model, shape))
+
+
+def images(seed, shape):
+  return jnp.asarray(np.random.default_rng(seed).uniform(size=shape), jnp.float32)
+
+
 def dense(n_in, n_out):
   return n_in * n_out + n_out
 
@@ -76,20 +96,23 @@ def test_mlp_student_and_teacher_counts_by_hand():
 
 def test_mlp_output_shape_and_flatten():
   model = MLP((32, 16), 10)
-  x = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))
-  variables = model.init(jax.random.key(0), x)
+  x = images(1, (5, 28, 28, 1))
+  variables = jax.jit(model.init)(jax.random.key(0), x)  # the real initialiser, once
   out = model.apply(variables, x)
   assert out.shape == (5, 10) and out.dtype == jnp.float32
   # Flattening is row-major over (H, W, C): the first kernel has 784 input rows.
-  assert variables["params"]["Dense_0"]["kernel"].shape == (784, 32)
+  kernel = np.asarray(variables["params"]["Dense_0"]["kernel"])
+  assert kernel.shape == (784, 32)
+  # He initialisation of the hidden layers: std sqrt(2 / fan_in).
+  np.testing.assert_allclose(kernel.std(), np.sqrt(2 / 784), rtol=0.05)
   # Examples are independent (no cross-batch mixing): one example alone gives the same logits.
   np.testing.assert_allclose(model.apply(variables, x[2:3]), out[2:3], rtol=1e-5, atol=1e-6)
 
 
 def test_mlp_dropout_only_in_training():
-  x = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1))
+  x = images(1, (16, 28, 28, 1))
   model = MLP((64, 64), 10, dropout_input=0.2, dropout_hidden=0.5)
-  variables = model.init(jax.random.key(0), x)
+  variables = init_numpy(model, x.shape)
   plain = MLP((64, 64), 10).apply(variables, x)  # same weights, no dropout layers active
   np.testing.assert_array_equal(model.apply(variables, x), plain)
   np.testing.assert_array_equal(model.apply(variables, x, train=False), plain)
@@ -102,16 +125,16 @@ def test_mlp_dropout_only_in_training():
 
 
 def test_mlp_without_dropout_is_deterministic_in_training():
-  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  x = images(1, (4, 28, 28, 1))
   model = MLP((32,), 10)
-  variables = model.init(jax.random.key(0), x)
+  variables = init_numpy(model, x.shape)
   np.testing.assert_array_equal(model.apply(variables, x, train=True), model.apply(variables, x))
 
 
 def test_mlp_dropout_in_training_needs_an_rng():
   x = jnp.ones((2, 28, 28, 1))
   model = MLP((8,), 10, dropout_hidden=0.5)
-  variables = model.init(jax.random.key(0), x)
+  variables = init_numpy(model, x.shape)
   with pytest.raises(flax.errors.InvalidRngError):
     model.apply(variables, x, train=True)
 
@@ -135,8 +158,8 @@ def test_cnn_shapes_and_parameter_count():
   variables = init_shapes(model, (1, 28, 28, 1))
   expected = conv(3, 1, 16) + conv(3, 16, 32) + dense(32, 10)
   assert count(variables["params"]) == expected
-  x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
-  real = model.init(jax.random.key(0), x)
+  x = images(1, (3, 28, 28, 1))
+  real = init_numpy(model, x.shape)
   assert model.apply(real, x).shape == (3, 10)
   # Global average pooling: the same weights accept another input size (32×32×1, digits 8×8×1).
   assert model.apply(real, jnp.zeros((2, 32, 32, 1))).shape == (2, 10)
@@ -144,9 +167,9 @@ def test_cnn_shapes_and_parameter_count():
 
 
 def test_cnn_dropout_only_in_training():
-  x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+  x = images(1, (8, 28, 28, 1))
   model = CNN((8,), 10, dropout_hidden=0.5)
-  variables = model.init(jax.random.key(0), x)
+  variables = init_numpy(model, x.shape)
   np.testing.assert_array_equal(model.apply(variables, x), CNN((8,), 10).apply(variables, x))
   train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
   assert np.abs(np.asarray(train) - np.asarray(model.apply(variables, x))).max() > 1e-4
@@ -182,8 +205,8 @@ def test_resnet_blocks_per_stage():
 
 def test_resnet_eval_shape_and_downsampling():
   model = ResNet((8, 16, 32), 10)
-  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
-  variables = model.init(jax.random.key(0), x)
+  x = images(1, (2, 32, 32, 1))
+  variables = init_numpy(model, x.shape)
   assert model.apply(variables, x).shape == (2, 10)
   _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
   spatial = [state["intermediates"][f"ResidualBlock_{i}"]["__call__"][0].shape[1:3] for i in range(3)]
@@ -193,9 +216,10 @@ def test_resnet_eval_shape_and_downsampling():
 def test_resnet_sync_batchnorm_matches_whole_batch():
   """Training BN averages statistics over the 'data' axis: 2 shards of 4 = 1 shard of 8."""
   model = ResNet((4, 8), 10)
-  x = jax.random.uniform(jax.random.key(1), (8, 12, 12, 1))
-  variables = model.init(jax.random.key(0), x)
+  x = images(1, (8, 12, 12, 1))
+  variables = init_numpy(model, x.shape)
 
+  @jax.jit
   def train_apply(shards):
     return jax.vmap(lambda xs: model.apply(variables, xs, train=True, mutable=["batch_stats"]),
                     axis_name="data")(shards)

@@ -7,7 +7,6 @@ a finished run returns its final metrics without training again.
 """
 import json
 import math
-import os
 import pathlib
 
 import jax
@@ -62,6 +61,16 @@ def _load_teacher(config, workdir: pathlib.Path, example_shape, engine):
   expected = jax.eval_shape(lambda: init_variables(teacher, example_shape, jax.random.PRNGKey(0)))
   variables = checkpoint.load_variables(str(teacher_path), expected, "teacher")
   return teacher, engine.put_replicated(variables)
+
+
+def _log_train(writer, progress, step: int, metrics) -> None:
+  metrics = jax.device_get(metrics)
+  if not np.isfinite(metrics["loss"]):
+    raise FloatingPointError(f"Training loss is {metrics['loss']} at step {step}; lower "
+                             "config.optimizer.lr or set config.optimizer.grad_clip_norm. The last "
+                             "checkpoint before it is kept in the workdir.")
+  writer.write(step, "train", metrics)
+  progress.log(step, metrics)
 
 
 def evaluate(engine, eval_step, variables, dataset_config, split: str, batch_size: int) -> dict:
@@ -122,8 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for step in range(first_step + 1, total_steps + 1):
     state, metrics = train_step(state, teacher_variables, engine.put_batch(next(train_iter)))
     if pending is not None:
-      writer.write(pending[0], "train", pending[1])
-      progress.log(*pending)
+      _log_train(writer, progress, *pending)
       pending = None
     if step % config.log_every_steps == 0 or step == total_steps:
       pending = (step, metrics)
@@ -132,8 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step % plan["checkpoint_every"] == 0 or step == total_steps:
       ckpt.save(step, engine.unreplicate(state), train_iter.get_state())
   if pending is not None:
-    writer.write(pending[0], "train", jax.device_get(pending[1]))
-    progress.log(*pending)
+    _log_train(writer, progress, *pending)
 
   final = run_eval(engine.unreplicate(state).variables)
   final["step"] = int(jax.device_get(engine.unreplicate(state).step))
