@@ -31,18 +31,37 @@ def test_distilled_student_beats_hard_label_student(results):
   assert results["claims"]["kd_beats_hard"]
 
 
-def test_omitted_three_recovered_by_validation_chosen_bias(results):
+def test_omitted_three(results):
+  """What reproduces robustly: never-seen 3s are mostly recognised with no correction, and a
+  bias chosen on validation data raises their recall without hurting total errors.
+
+  The issue's stronger claim (>= 90 % of 3s on every seed) did NOT reproduce with the protocol
+  fixed in advance (bias = first minimiser of validation errors, ~40 validation 3s): seeds
+  0/1/2 gave 92 % / 87 % / 91 % on our machine. It is reported as NOT REPRODUCED in the
+  results table; `test_claim_verdicts_match_the_numbers` checks that report is honest.
+  """
   results, _ = results
   kd = dict(zip(results["omit3"], results["student_kd_errors_per_1000"]))
   for seed, omit in results["omit3"].items():
-    assert omit["bias0"]["recall_3"] >= 0.5, omit["bias0"]  # never-seen 3s are mostly recognised already
-    assert omit["biased"]["recall_3"] >= reproduce.MIN_OMIT3_RECALL, (seed, omit["biased"])
+    assert omit["bias0"]["recall_3"] >= 0.5, (seed, omit["bias0"])
+    assert omit["biased"]["recall_3"] >= omit["bias0"]["recall_3"], (seed, omit)
+    assert omit["biased"]["errors"] <= omit["bias0"]["errors"], (seed, omit)
     assert omit["biased"]["errors"] <= reproduce.MAX_OMIT3_ERRORS_VS_KD * kd[seed], (seed, omit["biased"])
-    # The bias was chosen on validation errors: it is the first minimiser of those.
-    val = omit["val_errors_by_bias"]
+    val = omit["val_errors_by_bias"]  # the bias is the first minimiser of validation errors
     assert val[omit["bias"]] == min(val.values())
     assert all(v > val[omit["bias"]] for b, v in val.items() if b < omit["bias"])
-  assert results["claims"]["omit3_bias_recovers_threes"]
+
+
+def test_claim_verdicts_match_the_numbers(results):
+  results, workdir = results
+  kd = dict(zip(results["omit3"], results["student_kd_errors_per_1000"]))
+  holds = all(o["biased"]["recall_3"] >= reproduce.MIN_OMIT3_RECALL
+              and o["biased"]["errors"] <= reproduce.MAX_OMIT3_ERRORS_VS_KD * kd[s]
+              for s, o in results["omit3"].items())
+  assert results["claims"]["omit3_bias_recovers_threes"] == holds
+  expected = "PASS" if holds else "NOT REPRODUCED"
+  table = reproduce.markdown(results)
+  assert f"every seed: **{expected}**" in table
 
 
 def test_writes_table_json_and_plot(results):

@@ -61,7 +61,11 @@ def omit3_analysis(workdir: str) -> dict:
       "errors": classification.errors(test_logits, test_labels, bias_vector(b)),
       "recall_3": float(np.mean(np.argmax(test_logits[threes] + bias_vector(b), -1) == 3)),
   }
-  return {"bias": best, "val_errors_by_bias": dict(zip(map(float, BIAS_GRID), val_errors)),
+  # The paper's protocol, for comparison only: the bias read off the test set itself.
+  test_errors = [classification.errors(test_logits, test_labels, bias_vector(b)) for b in BIAS_GRID]
+  oracle = float(BIAS_GRID[int(np.argmin(test_errors))])
+  return {"bias": best, "oracle_bias": oracle, "oracle": test_at(oracle),
+          "val_errors_by_bias": dict(zip(map(float, BIAS_GRID), val_errors)),
           "test_errors_by_bias": {float(b): test_at(b)["errors"] for b in BIAS_GRID},
           "bias0": test_at(0.0), "biased": test_at(best), "test_size": int(len(test_labels))}
 
@@ -127,6 +131,10 @@ def markdown(results: dict) -> str:
       + " / ".join(f"{omit[s]['biased']['recall_3']:.0%} (b={omit[s]['bias']})" for s in seeds) + " |",
       f"| omitted-3 student, validation-chosen bias: errors | {p1000('omit3_biased_errors'):.1f} | "
       + " / ".join(f"{omit[s]['biased']['errors']}" for s in seeds) + " |",
+      "| omitted-3 student, bias chosen on the test set as in the paper (not a claim): 3s correct / errors | "
+      f"{paper['omit3_biased_recall']:.1%} / {p1000('omit3_biased_errors'):.1f} | "
+      + " / ".join(f"{omit[s]['oracle']['recall_3']:.0%}, {omit[s]['oracle']['errors']} (b={omit[s]['oracle_bias']})"
+                   for s in seeds) + " |",
       "",
       f"- KD student beats the hard-label student on every seed, mean gap ≥ {MIN_MEAN_GAP_PER_1000:.0f}, "
       f"closing ≥ {MIN_GAP_CLOSED:.0%} of the student–teacher gap (ours: {results['gap_closed']:.0%}): "
