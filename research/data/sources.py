@@ -7,6 +7,9 @@ Order of resolution for `open_split(name, split, data_dir)`:
   3. `download=True` → let TFDS download and prepare it (needs internet);
   4. otherwise → UserError saying how to obtain it.
 """
+import os
+import shutil
+
 from absl import logging
 
 import numpy as np
@@ -18,6 +21,7 @@ from research.errors import UserError
 tfds.disable_progress_bar()
 
 _LOCAL_ALIASES = {"fashion_mnist": "fashion_mnist_local"}
+_OFFLINE_NAMES = "mnist5k, digits, fashion_mnist (with the Debian package dataset-fashion-mnist)"
 
 
 def _prepared(name: str, data_dir: str) -> bool:
@@ -46,16 +50,20 @@ def prepare(name: str, data_dir: str = "", download: bool = True) -> str:
     raise UserError(
         f"Dataset '{name}' is not prepared in {data_dir} and downloads are off "
         f"(config.dataset.download=False). Get it with {how}a run on a machine with internet "
-        f"and dataset.download=True, or pick an offline dataset: {', '.join(builders.OFFLINE_BUILDERS)}.")
+        f"and dataset.download=True, or pick an offline dataset: {_OFFLINE_NAMES}.")
+  created = [p for p in (os.path.join(data_dir, name), os.path.join(data_dir, "downloads"))
+             if not os.path.exists(p)]
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except
+    for path in created:  # leave the data dir as we found it
+      shutil.rmtree(path, ignore_errors=True)
     raise UserError(
         f"Dataset '{name}' is not prepared in {data_dir} and TFDS could not download it "
         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Get it with {how}"
         f"a run on a machine with internet, or pick an offline dataset: "
-        f"{', '.join(builders.OFFLINE_BUILDERS)}.") from e
+        f"{_OFFLINE_NAMES}.") from e
   return name
 
 
