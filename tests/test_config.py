@@ -80,6 +80,8 @@ def test_list_for_tuple_becomes_tuple():
   resolved = config_lib.resolve(dict(model=dict(widths=[32, 16]), dataset=dict(exclude_labels=[3])))
   assert resolved.model.widths == (32, 16) and isinstance(resolved.model.widths, tuple)
   assert resolved.dataset.exclude_labels == (3,) and isinstance(resolved.dataset.exclude_labels, tuple)
+  built = config_lib.build(dict(model=dict(widths=[32, 16])))  # the unfrozen config, too
+  assert built.model.widths == (32, 16) and isinstance(built.model.widths, tuple)
 
 
 def test_resolve_accepts_a_config_dict():

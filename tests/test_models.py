@@ -67,6 +67,8 @@ def test_build_returns_named_architecture(name, cls):
 def test_build_passes_hyper_parameters():
   mlp = models.build(model_config(name="mlp", widths=(5,), dropout_input=0.2, dropout_hidden=0.5))
   assert (mlp.dropout_input, mlp.dropout_hidden) == (0.2, 0.5)
+  cnn = models.build(model_config(name="cnn", widths=(5,), dropout_hidden=0.3))
+  assert cnn.dropout_hidden == 0.3
   resnet = models.build(model_config(name="resnet", widths=(4,), blocks_per_stage=3))
   assert resnet.blocks_per_stage == 3
 

@@ -51,16 +51,18 @@ def _host_state(model, tx, seed=0):
 
 
 def _run(engine, student, teacher, teacher_variables, method, tx, host_state, batches):
-  """Steps `host_state` over `batches` on `engine`; returns the final state and every step's metrics (host)."""
+  """Steps `host_state` over `batches` on `engine`; returns the state after every step and every
+  step's metrics, on the host."""
   train_step = engine.compile_train(step_lib.make_train_step(student, teacher, method, tx))
   # put_replicated may alias host buffers and the step donates its state: give it a private copy.
   state = engine.put_replicated(jax.tree.map(np.array, host_state))
   teacher_variables = None if teacher is None else engine.put_replicated(teacher_variables)
-  history = []
+  states, history = [], []
   for batch in batches:
     state, metrics = train_step(state, teacher_variables, engine.put_batch(batch))
+    states.append(jax.tree.map(np.array, jax.device_get(engine.unreplicate(state))))
     history.append(jax.tree.map(np.array, jax.device_get(engine.unreplicate(metrics))))
-  return jax.tree.map(np.array, jax.device_get(engine.unreplicate(state))), history
+  return states, history
 
 
 def _assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL, what=""):
@@ -83,13 +85,34 @@ def _teacher():
   return teacher, jax.device_get(init_variables(teacher, IMAGE_SHAPE, jax.random.PRNGKey(7)))
 
 
-def test_one_device_step_matches_plain_jax(batches, tx):
-  """The 1-device engine step is ordinary gradient descent: a reference written without collectives."""
+NUM_STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def mlp_runs(batches, tx):
+  """runs(engine_name, kd) -> (host_state, states, metrics) of NUM_STEPS steps, each run computed once."""
+  engines = {"shard_map_1": lambda: parallel.ShardMapEngine(jax.devices()[:1]),
+             "shard_map_8": lambda: parallel.ShardMapEngine(jax.devices()[:8]),
+             "pmap_8": lambda: parallel.PmapEngine(jax.devices()[:8])}
   student = _student()
   host = _host_state(student, tx)
-  state, (metrics,) = _run(parallel.ShardMapEngine(jax.devices()[:1]), student, None, None,
-                           methods.Supervised(), tx, host, batches[:1])
-  batch = batches[0]
+  cache = {}
+
+  def runs(engine_name, kd):
+    if (engine_name, kd) not in cache:
+      teacher, teacher_variables = _teacher() if kd else (None, None)
+      method = methods.HintonKD(temperature=4.0, alpha=0.7) if kd else methods.Supervised()
+      cache[engine_name, kd] = (host, *_run(engines[engine_name](), student, teacher, teacher_variables,
+                                            method, tx, host, batches[:NUM_STEPS]))
+    return cache[engine_name, kd]
+
+  return runs
+
+
+def test_one_device_step_matches_plain_jax(mlp_runs, batches, tx):
+  """The 1-device engine step is ordinary gradient descent: a reference written without collectives."""
+  host, states, history = mlp_runs("shard_map_1", False)
+  student, batch = _student(), batches[0]
 
   def loss_fn(params):
     logits = student.apply({"params": params}, batch["image"])
@@ -98,47 +121,39 @@ def test_one_device_step_matches_plain_jax(batches, tx):
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(host.variables["params"])
   updates, opt_state = tx.update(grads, host.opt_state, host.variables["params"])
   params = jax.tree.map(lambda p, u: p + u, host.variables["params"], updates)
-  _assert_trees_close(state.variables["params"], jax.device_get(params), what="params")
-  _assert_trees_close(state.opt_state, jax.device_get(opt_state), what="opt_state")
-  assert int(state.step) == 1
-  np.testing.assert_allclose(metrics["loss"], loss, rtol=RTOL, atol=ATOL)
-  np.testing.assert_allclose(metrics["accuracy"], np.mean(np.argmax(logits, -1) == batch["label"]))
+  _assert_trees_close(states[0].variables["params"], jax.device_get(params), what="params")
+  _assert_trees_close(states[0].opt_state, jax.device_get(opt_state), what="opt_state")
+  assert int(states[0].step) == 1
+  np.testing.assert_allclose(history[0]["loss"], loss, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(history[0]["accuracy"], np.mean(np.argmax(logits, -1) == batch["label"]))
 
 
 @pytest.mark.parametrize("kd", [False, True], ids=["supervised", "hinton_kd"])
-@pytest.mark.parametrize("num_steps", [1, 5])
-def test_eight_devices_equal_one_device(batches, tx, kd, num_steps):
-  """Params, optimizer state and metrics of 8-device steps equal 1-device steps on the same global batches."""
-  student = _student()
-  teacher, teacher_variables = _teacher() if kd else (None, None)
-  method = methods.HintonKD(temperature=4.0, alpha=0.7) if kd else methods.Supervised()
-  host = _host_state(student, tx)
-  args = (student, teacher, teacher_variables, method, tx, host, batches[:num_steps])
-  one_state, one_metrics = _run(parallel.ShardMapEngine(jax.devices()[:1]), *args)
-  eight_state, eight_metrics = _run(parallel.ShardMapEngine(jax.devices()[:8]), *args)
-  assert int(eight_state.step) == num_steps
-  # The state must have moved, or equality would prove nothing.
-  assert not np.allclose(eight_state.variables["params"]["Dense_0"]["kernel"],
-                         host.variables["params"]["Dense_0"]["kernel"])
-  _assert_trees_close(eight_state.variables, one_state.variables, what="variables")
-  _assert_trees_close(eight_state.opt_state, one_state.opt_state, what="opt_state")
-  np.testing.assert_array_equal(eight_state.rng, one_state.rng)
+def test_eight_devices_equal_one_device(mlp_runs, kd):
+  """Params, optimizer state and metrics of 8-device steps equal 1-device steps on the same
+  global batches, after the first step and after NUM_STEPS consecutive steps."""
+  host, one_states, one_metrics = mlp_runs("shard_map_1", kd)
+  _, eight_states, eight_metrics = mlp_runs("shard_map_8", kd)
   if kd:
     assert set(eight_metrics[0]) == {"loss", "accuracy", "teacher_agreement"}
-  _assert_trees_close(eight_metrics, one_metrics, what="metrics")
+  for step in (1, NUM_STEPS):
+    one, eight = one_states[step - 1], eight_states[step - 1]
+    assert int(eight.step) == step
+    # The state must have moved, or equality would prove little.
+    assert not np.allclose(eight.variables["params"]["Dense_0"]["kernel"],
+                           host.variables["params"]["Dense_0"]["kernel"])
+    _assert_trees_close(eight.variables, one.variables, what=f"step {step}: variables")
+    _assert_trees_close(eight.opt_state, one.opt_state, what=f"step {step}: opt_state")
+    np.testing.assert_array_equal(eight.rng, one.rng)
+    _assert_trees_close(eight_metrics[step - 1], one_metrics[step - 1], what=f"step {step}: metrics")
 
 
 @pytest.mark.parametrize("kd", [False, True], ids=["supervised", "hinton_kd"])
-def test_pmap_equals_shard_map(batches, tx, kd):
+def test_pmap_equals_shard_map(mlp_runs, kd):
   """The pmap wrapper runs the same per-device step as shard_map: same results on 8 devices."""
-  student = _student()
-  teacher, teacher_variables = _teacher() if kd else (None, None)
-  method = methods.HintonKD(temperature=4.0, alpha=0.7) if kd else methods.Supervised()
-  args = (student, teacher, teacher_variables, method, tx, _host_state(student, tx), batches[:3])
-  devices = jax.devices()[:8]
-  shard_state, shard_metrics = _run(parallel.ShardMapEngine(devices), *args)
-  pmap_state, pmap_metrics = _run(parallel.PmapEngine(devices), *args)
-  _assert_trees_close(pmap_state, shard_state, what="state")
+  _, shard_states, shard_metrics = mlp_runs("shard_map_8", kd)
+  _, pmap_states, pmap_metrics = mlp_runs("pmap_8", kd)
+  _assert_trees_close(pmap_states, shard_states, what="states")
   _assert_trees_close(pmap_metrics, shard_metrics, what="metrics")
 
 
@@ -148,13 +163,13 @@ def test_resnet_batchnorm_step_eight_devices_equal_one_device(batches, tx):
   host = _host_state(student, tx)
   assert "batch_stats" in host.variables
   args = (student, None, None, methods.Supervised(), tx, host, batches[:1])
-  one_state, one_metrics = _run(parallel.ShardMapEngine(jax.devices()[:1]), *args)
-  eight_state, eight_metrics = _run(parallel.ShardMapEngine(jax.devices()[:8]), *args)
+  (one_state,), one_metrics = _run(parallel.ShardMapEngine(jax.devices()[:1]), *args)
+  (eight_state,), eight_metrics = _run(parallel.ShardMapEngine(jax.devices()[:8]), *args)
   # Running statistics moved away from their initial values (mean 0, var 1) ...
   moved = jax.tree.map(lambda a, b: not np.allclose(a, b), one_state.variables["batch_stats"],
                        host.variables["batch_stats"])
   assert all(jax.tree.leaves(moved))
-  # ... identically on 8 devices: per-device statistics of 8 examples would differ by ~1e-1.
+  # ... identically on 8 devices: per-device statistics of 8 examples would differ.
   _assert_trees_close(eight_state.variables["batch_stats"], one_state.variables["batch_stats"],
                       rtol=1e-5, atol=1e-5, what="batch_stats")
   _assert_trees_close(eight_state.variables["params"], one_state.variables["params"],

@@ -10,10 +10,9 @@ Order of resolution for `open_split(name, split, data_dir)`:
 import os
 import shutil
 
-from absl import logging
-
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from research.data import builders
 from research.errors import UserError
