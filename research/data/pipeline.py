@@ -4,6 +4,7 @@ Batches are dicts of numpy arrays: 'image' float32 (B, H, W, C) in [0, 1], 'labe
 and for evaluation 'mask' float32 (B,) marking real (1) vs padding (0) examples.
 Each host reads its own slice of the data (`process_index::process_count`).
 """
+import functools
 import threading
 
 import grain
@@ -16,8 +17,14 @@ from research.errors import UserError
 
 
 def _source(config: ml_collections.ConfigDict, split: str):
-  source = sources.open_split(config.name, split, config.data_dir, config.download)
-  return sources.ArraySource.from_tfds(source) if config.in_memory else source
+  return _cached_source(config.name, split, config.data_dir, config.download, config.in_memory)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_source(name: str, split: str, data_dir: str, download: bool, in_memory: bool):
+  """Decoding a split is the slow part of reading it, so each process does it once per split."""
+  source = sources.open_split(name, split, data_dir, download)
+  return sources.ArraySource.from_tfds(source) if in_memory else source
 
 
 def _kept_indices(source, exclude_labels) -> np.ndarray:

@@ -3,10 +3,11 @@ import logging
 
 
 class _DropLibraryInfo(logging.Filter):
-  """Drops INFO (and lower) records logged from inside orbax; warnings and errors pass."""
+  """Drops INFO (and lower) records logged from inside Orbax and TFDS; warnings and errors pass."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno > logging.INFO or "/orbax/" not in record.pathname
+    return record.levelno > logging.INFO or not any(
+        part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
 
 
 def quiet_libraries() -> None:

@@ -35,19 +35,25 @@ def schedule(config: ml_collections.ConfigDict, num_examples: int) -> dict:
           "eval_every": every(config.eval_every_steps), "checkpoint_every": every(config.checkpoint_every_steps)}
 
 
-def _write_config(config, workdir: pathlib.Path) -> None:
-  """Saves config.json; refuses to resume a workdir whose run had a different config."""
+def _same_config(config, workdir: pathlib.Path) -> bool:
+  """True if workdir has no run yet or one with this config; a different run's config raises."""
   path = workdir / "config.json"
-  current = json.loads(config.to_json())
-  if path.exists():
-    saved = json.loads(path.read_text())
-    changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES)
-    if changed:
-      raise UserError(f"--workdir {workdir} holds a run with a different config (keys {changed}); "
-                      "resume it with the same config or use a new --workdir.")
+  if not path.exists():
+    return True
+  saved, current = json.loads(path.read_text()), json.loads(config.to_json())
+  changed = sorted(k for k in set(saved) | set(current)
+                   if saved.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES)
+  if changed:
+    raise UserError(f"--workdir {workdir} holds a run with a different config (keys {changed}); "
+                    "resume it with the same config or use a new --workdir.")
+  return True
+
+
+def _write_config(config, workdir: pathlib.Path) -> None:
+  """Saves config.json (refusing to overwrite a different run's)."""
+  _same_config(config, workdir)
   if jax.process_index() == 0:
-    path.write_text(json.dumps(current, indent=2))
+    (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
 
 
 def _load_teacher(config, workdir: pathlib.Path, example_shape, engine):
@@ -97,9 +103,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   method = methods.build(config.method)
   student = models.build(config.model)
   example_shape = pipeline.example_shape(config.dataset)
+  if config.teacher.checkpoint and not method.needs_teacher:
+    raise UserError(f"method '{config.method.name}' does not use a teacher; remove "
+                    f"config.teacher.checkpoint={config.teacher.checkpoint!r} or pick a distillation method.")
   teacher, teacher_variables = _load_teacher(config, workdir, example_shape, engine)
   if method.needs_teacher and teacher is None:
     raise UserError(f"method '{config.method.name}' needs config.teacher.checkpoint.")
+  if (workdir / "results.json").exists() and _same_config(config, workdir):
+    logging.info("%s is finished; returning its results.json.", workdir)
+    return json.loads((workdir / "results.json").read_text())
   plan = schedule(config, pipeline.num_train_examples(config))
   total_steps = plan["total_steps"]
   tx = optimizer.build(config.optimizer, total_steps)
@@ -143,8 +155,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _log_train(writer, progress, *pending)
 
   final = run_eval(engine.unreplicate(state).variables)
-  final["step"] = int(jax.device_get(engine.unreplicate(state).step))
-  writer.write(final["step"], "eval", final)
+  writer.write(total_steps, "eval", final)
+  final["step"] = total_steps
   logging.info("Final eval on %s: %s", config.dataset.eval_split, final)
   ckpt.wait()
   ckpt.close()
