@@ -157,17 +157,30 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   Unknown words fail, listing what is accepted.
   """
   result = ml_collections.ConfigDict(dict(defaults))
+  accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+  run_given = False
   for token in filter(None, (arg or "").split(",")):
     key, has_value, value = token.partition("=")
     if has_value:
       if key not in defaults:
-        raise UserError(f"Unknown config argument '{key}'; accepted: {', '.join(defaults)}.")
-      kind = type(defaults[key])
-      result[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        raise UserError(f"Unknown config argument '{key}'; accepted: {accepted}.")
+      result[key] = _parse_value(key, value, defaults[key])
     elif isinstance(defaults.get(token), bool):
       result[token] = True
-    elif "run" in defaults:
-      result.run = token
+    elif "run" in defaults and not run_given:
+      result.run, run_given = token, True
     else:
-      raise UserError(f"Unknown config argument '{token}'; accepted: {', '.join(defaults)}.")
+      raise UserError(f"Unknown config argument '{token}' (the run is already '{result.get('run')}'); "
+                      f"accepted: {accepted}.")
   return result
+
+
+def _parse_value(key: str, value: str, default):
+  if isinstance(default, bool):
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise UserError(f"Config argument {key}={value!r} must be true or false.")
+    return value.lower() in ("true", "1")
+  try:
+    return type(default)(value)
+  except ValueError as e:
+    raise UserError(f"Config argument {key}={value!r} must be {type(default).__name__}.") from e

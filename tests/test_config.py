@@ -146,6 +146,18 @@ def test_parse_arg_rejects_unknown_word_without_run():
     config_lib.parse_arg("bogus", small=False, seed=0)
 
 
+def test_parse_arg_rejects_a_mistyped_flag_before_the_run_name():
+  with pytest.raises(UserError, match="smal"):
+    config_lib.parse_arg("smal,teacher", run="student_kd", small=False, seed=0)
+
+
+def test_parse_arg_rejects_a_badly_typed_value():
+  with pytest.raises(UserError, match="seed"):
+    config_lib.parse_arg("seed=abc", run="student_kd", small=False, seed=0)
+  with pytest.raises(UserError, match="small"):
+    config_lib.parse_arg("small=maybe", run="student_kd", small=False, seed=0)
+
+
 # ----------------------------------------------------------------------------- Hinton 2015 configs
 
 @pytest.mark.parametrize("run", hinton_config.RUNS)

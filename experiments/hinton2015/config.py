@@ -18,6 +18,7 @@ Full scale (TFDS `mnist`, 60k/10k; needs internet once): drop `small`. The paper
 67 (teacher), 146 (student, hard labels) and 74 (student, distilled) test errors /10,000.
 """
 from research import config as config_lib
+from research.errors import UserError
 
 RUNS = ("teacher", "student_hard", "student_kd", "student_omit3")
 TEACHER = dict(name="mlp", widths=(1200, 1200), dropout_input=0.2, dropout_hidden=0.5)
@@ -30,7 +31,7 @@ OMIT3_TRAIN_SPLIT, OMIT3_VALIDATION_SPLIT = "train[:90%]", "train[90%:]"
 def get_config(arg: str = ""):
   arg = config_lib.parse_arg(arg, run="student_kd", small=False, seed=0)
   if arg.run not in RUNS:
-    raise ValueError(f"Unknown run '{arg.run}'; choose one of {RUNS}.")
+    raise UserError(f"Unknown run '{arg.run}'; choose one of {RUNS}.")
   config = dict(
       seed=arg.seed,
       dataset=dict(name="mnist5k" if arg.small else "mnist"),

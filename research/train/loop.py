@@ -9,6 +9,7 @@ import json
 import math
 import pathlib
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -121,7 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   host_state = jax.device_get(TrainState.create(init_variables(student, example_shape, init_rng), tx, state_rng))
   ckpt = checkpoint.Checkpointer(str(workdir), config.keep_checkpoints)
-  train_data = pipeline.train_dataset(config, config.batch_size, seed=config.seed).to_iter_dataset()
+  train_data = pipeline.train_dataset(config, config.batch_size, seed=config.seed).to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))
   train_iter = iter(train_data)
   if ckpt.latest_step() is not None:
     host_state, data_state = ckpt.restore(host_state)
