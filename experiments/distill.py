@@ -8,6 +8,7 @@ r"""Train or distil one model: the experiment script behind every paper folder.
 Any config key can be overridden (`--config.optimizer.lr=3e-4`); unknown keys and wrong types
 fail at start-up. Re-running with the same --workdir resumes the run.
 """
+import re
 import sys
 
 from absl import app, flags, logging
@@ -46,7 +47,12 @@ def parse_flags(argv):
   except (flags.Error, UserError, AttributeError, KeyError, TypeError, ValueError) as e:
     message = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
     if isinstance(e, AttributeError):  # how ml_collections reports an unknown key
-      message = f"unknown config key {message.strip(chr(39) + chr(34))}"
+      typo = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', message)
+      key = typo.group(2) if typo else (re.findall(r"(\w+)", message) or ["?"])[0]
+      given = [a.split("=")[0][2:] for a in argv
+               if a.startswith("--config.") and a.split("=")[0].split(".")[-1] == key]
+      message = f"unknown config key '{given[0] if given else key}'" + (
+          f"; did you mean '{typo.group(1)}'?" if typo else ".")
     print(f"error: bad flag or config override: {message}", file=sys.stderr)
     sys.exit(2)
 

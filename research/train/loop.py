@@ -40,7 +40,7 @@ def _same_config(config, workdir: pathlib.Path) -> bool:
   """True if workdir has no run yet or one with this config; a different run's config raises."""
   path = workdir / "config.json"
   if not path.exists():
-    return True
+    return not (workdir / "results.json").exists()  # results without their config: not ours to reuse
   saved, current = json.loads(path.read_text()), json.loads(config.to_json())
   changed = sorted(k for k in set(saved) | set(current)
                    if saved.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES)

@@ -52,8 +52,11 @@ class ShardMapEngine:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._sharded, x), batch)
 
   def compile_train(self, train_step):
+    # check_vma=False keeps pmap's semantics: inside the step, gradients are per device and the
+    # step averages them itself (lax.pmean). With the check on, differentiating w.r.t. replicated
+    # params would already psum the gradients and the pmean would scale them by the device count.
     mapped = jax.shard_map(train_step, mesh=self.mesh, in_specs=(P(), P(), P(AXIS)),
-                           out_specs=(P(), P()))
+                           out_specs=(P(), P()), check_vma=False)
     return jax.jit(mapped, donate_argnums=(0,))
 
   def compile_eval(self, eval_step):
