@@ -21,10 +21,15 @@ Run, pinned to two cores (both frameworks then use two threads):
   taskset -c 0,1 python benchmarks/distill_step.py --batch_sizes=128,512,1024 --steps=20 --repeats=7
 On a GPU: python benchmarks/distill_step.py --device=gpu   (torch then runs on cuda)
 
-Timings are medians over `--repeats` of `--steps` steps each, after warm-up; ours and torch take
-turns in every repeat, so both see the same background load. See benchmarks/README.md for results.
+Timings are medians over `--repeats` of `--steps` steps each, after warm-up. In every repeat ours,
+torch and the peak's matmuls (every size) take turns, and the ratios printed are medians of the
+ratios within a repeat, so that a machine shared with other work shifts all three together.
+`--clock=process` with one core (`taskset -c 0`) times CPU seconds instead, the steadiest figure
+on a busy machine.
+See benchmarks/README.md for results.
 """
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -37,6 +42,9 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEACHER = (784, 1200, 1200, 10)
 STUDENT = (784, 800, 800, 10)
 TEMPERATURE, ALPHA, LR = 20.0, 0.9, 1e-3
+# Wall time, or this process's CPU time (--clock=process): on a shared machine a one-thread run
+# (`taskset -c 0`) then counts only the time it actually ran, whatever else the machine does.
+CLOCK = [time.perf_counter]
 
 
 def parse_args():
@@ -47,10 +55,14 @@ def parse_args():
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                       help="JAX backend; torch uses cuda for gpu (if it has it), else cpu")
-  parser.add_argument("--peak_sizes", default="1024,2048,4096", help="square matmul sizes for the peak")
+  parser.add_argument("--peak_sizes", default="512,1024,2048,4096", help="square matmul sizes for the peak")
   parser.add_argument("--matmul_precision", choices=("default", "highest"), default="default",
                       help="default: what the trainer runs (on GPU JAX's default is TF32, and torch is "
                       "then allowed TF32 too); highest: true f32 matmuls in both")
+  parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                      help="process: CPU seconds of this process instead of wall time; use it with one "
+                      "core (taskset -c 0) on a busy machine, where it approximates an idle machine's wall time")
+  parser.add_argument("--json", default="", help="also write the machine and the figures to this JSON file")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch comparison")
   return parser.parse_args()
 
@@ -75,49 +87,60 @@ def step_flops(batch: int) -> int:
 
 
 def machine_description() -> dict:
+  """CPU model (with family/model numbers and the vector units that matter), CPUs, affinity."""
   cpu = platform.processor() or "unknown"
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
+      info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    units = [u for u in ("avx2", "avx512f", "amx_bf16") if u in info.get("flags", "").split()]
+    cpu = f"{info['model name']} (family {info.get('cpu family')} model {info.get('model')}, {' '.join(units)})"
+  except (OSError, KeyError):
     pass
   affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
   return {"cpu": cpu, "cpu_count": os.cpu_count(), "affinity": affinity}
 
 
+def _load() -> str:
+  return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def timed(run_steps, sync, steps: int) -> float:
   """Seconds per step of `steps` back-to-back steps, waiting for the device at the end."""
-  start = time.perf_counter()
+  start = CLOCK[0]()
   run_steps(steps)
   sync()
-  return (time.perf_counter() - start) / steps
+  return (CLOCK[0]() - start) / steps
 
 
 # ------------------------------------------------------------------------------------------ JAX
 
 
-def matmul_peak(jax, jnp, device, sizes, repeats: int) -> tuple:
-  """Best GFLOP/s of a jitted f32 square matmul (and the size that gave it) on `device`."""
+def make_matmul(jax, jnp, device, n: int):
+  """Returns measure() -> GFLOP/s of one timing of a jitted f32 (n, n) @ (n, n) on `device`."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   dot = jax.jit(jnp.dot)
-  best = (0.0, 0)
-  for n in sizes:
-    rng = np.random.default_rng(n)
-    a = jax.device_put(rng.standard_normal((n, n), np.float32), device)
-    b = jax.device_put(rng.standard_normal((n, n), np.float32), device)
-    dot(a, b).block_until_ready()
-    reps = max(2, int(2e10 // (2 * n**3)))  # ~20 GFLOP per timing: long enough for a GPU too
-    for _ in range(repeats):
-      start = time.perf_counter()
-      for _ in range(reps):
-        c = dot(a, b)
-      c.block_until_ready()
-      best = max(best, (2 * n**3 * reps / (time.perf_counter() - start) / 1e9, n))
-  return best
+  rng = np.random.default_rng(n)
+  a = jax.device_put(rng.standard_normal((n, n), np.float32), device)
+  b = jax.device_put(rng.standard_normal((n, n), np.float32), device)
+  dot(a, b).block_until_ready()
+  reps = max(2, int(2e10 // (2 * n**3)))  # ~20 GFLOP per timing: long enough for a GPU too
+
+  def measure() -> float:
+    start = CLOCK[0]()
+    for _ in range(reps):
+      c = dot(a, b)
+    c.block_until_ready()
+    return 2 * n**3 * reps / (CLOCK[0]() - start) / 1e9
+
+  return measure
 
 
 def make_ours(jax, device, batch_size: int):
-  """The trainer's step on one device; returns (run_steps, sync, xla_flops, loss_of_first_step, params)."""
+  """The trainer's step on one device.
+
+  Returns (run_steps, sync, put_batch, xla_flops, first_loss, host params, host batch).
+  """
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from research import methods  # pylint: disable=import-outside-toplevel
@@ -143,8 +166,7 @@ def make_ours(jax, device, batch_size: int):
   batch = engine.put_batch(host_batch)
   train_step = engine.compile_train(step_lib.make_train_step(
       student, teacher, methods.HintonKD(TEMPERATURE, ALPHA), tx))
-  compiled = train_step.lower(state, teacher_variables, batch).compile()
-  cost = compiled.cost_analysis()
+  cost = train_step.lower(state, teacher_variables, batch).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
@@ -153,16 +175,19 @@ def make_ours(jax, device, batch_size: int):
   def run_steps(n):
     state, metrics = box["state"], None
     for _ in range(n):
-      state, metrics = compiled(state, teacher_variables, batch)
+      state, metrics = train_step(state, teacher_variables, batch)  # the jitted call, as the trainer makes it
     box["state"], box["metrics"] = state, metrics
 
   def sync():
     jax.block_until_ready((box["state"], box["metrics"]))
 
+  def put_batch():  # what the trainer does with every host batch before the step
+    return jax.block_until_ready(engine.put_batch(host_batch))
+
   run_steps(1)
   sync()
   first_loss = float(box["metrics"]["loss"])
-  return run_steps, sync, xla_flops, first_loss, params, host_batch
+  return run_steps, sync, put_batch, xla_flops, first_loss, params, host_batch
 
 
 # ---------------------------------------------------------------------------------------- torch
@@ -221,11 +246,54 @@ def make_torch(torch, device: str, params, host_batch):
   return run_steps, sync, float(box["metrics"][0])
 
 
+def measure_batch(args, jax, device, torch, torch_device, batch_size: int, measure_peak) -> tuple:
+  """Times ours, torch and the matmuls in turns at one batch size, prints them; returns (row, peaks)."""
+  flops = step_flops(batch_size)
+  run_ours, sync_ours, put_batch, xla_flops, ours_loss, params, host_batch = make_ours(jax, device, batch_size)
+  contenders = {"ours": (run_ours, sync_ours)}
+  torch_loss = None
+  if torch is not None:
+    run_torch, sync_torch, torch_loss = make_torch(torch, torch_device, params, host_batch)
+    contenders["torch"] = (run_torch, sync_torch)
+  times = {name: [] for name in contenders}
+  peaks = []
+  for name, (run, sync) in contenders.items():
+    timed(run, sync, args.warmup)
+  # Take turns, so that all three see the same background load; ratios are taken per repeat.
+  for _ in range(args.repeats):
+    for name, (run, sync) in contenders.items():
+      times[name].append(timed(run, sync, args.steps))
+    peaks.append(measure_peak())
+  matmul = [gflops for gflops, _ in peaks]
+  put_ms = statistics.median(timed(lambda n: [put_batch() for _ in range(n)], lambda: None, args.steps)
+                             for _ in range(args.repeats)) * 1e3
+  row = {"batch": batch_size, "flops": flops, "xla_flops": xla_flops, "put_batch_ms": put_ms,
+         "matmul_gflops": statistics.median(matmul),
+         "ours_over_peak": statistics.median(flops / t / 1e9 / m for t, m in zip(times["ours"], matmul))}
+  print(f"\nbatch {batch_size}: {flops / 1e9:.3f} GFLOP/step analytic (matmuls), "
+        f"{xla_flops / 1e9:.3f} XLA cost_analysis (all ops)")
+  print(f"  first-step loss: ours {ours_loss:.5f}" + (f", torch {torch_loss:.5f}" if torch_loss is not None else ""))
+  for name, ts in times.items():
+    row[f"{name}_ms"], row[f"{name}_min_ms"] = statistics.median(ts) * 1e3, min(ts) * 1e3
+    row[f"{name}_gflops"] = flops / row[f"{name}_ms"] / 1e6
+    print(f"  {name:6s}: {row[f'{name}_ms']:8.2f} ms/step [{row[f'{name}_min_ms']:.2f}]  "
+          f"{row[f'{name}_gflops']:7.1f} GFLOP/s")
+  print(f"  matmul: {row['matmul_gflops']:8.1f} GFLOP/s [{max(matmul):.1f}] (best size in each repeat)")
+  print(f"  put_batch (host batch -> device, once per trainer step, not in the times above): {put_ms:.3f} ms")
+  print(f"  ours / matmul peak = {row['ours_over_peak']:.2f}   (goal >= 0.80)")
+  if "torch" in times:
+    row["ours_over_torch"] = statistics.median(o / t for o, t in zip(times["ours"], times["torch"]))
+    print(f"  ours / torch = {row['ours_over_torch']:.2f}   (time; goal <= 0.90)", flush=True)
+  return row, peaks
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
 def main():
   args = parse_args()
+  if args.clock == "process":
+    CLOCK[0] = time.process_time
   if args.device == "cpu":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before jax initialises its backends
   import jax  # pylint: disable=import-outside-toplevel
@@ -245,7 +313,7 @@ def main():
       torch.backends.cuda.matmul.allow_tf32 = args.matmul_precision == "default"
 
   print(f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, affinity {machine['affinity']} "
-        f"(os.sched_getaffinity)")
+        f"(os.sched_getaffinity); load average {_load()} (other processes distort CPU timings)")
   if args.device == "cpu" and len(machine["affinity"]) == machine["cpu_count"] and machine["cpu_count"] > 2:
     print("  tip: pin the run, e.g. `taskset -c 0,1 python benchmarks/distill_step.py`")
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind} ({device}); "
@@ -253,51 +321,44 @@ def main():
   if torch is not None:
     print(f"torch {torch.__version__}, device {torch_device}, threads {torch.get_num_threads()}"
           + (f", {torch.cuda.get_device_name()}" if torch_device == "cuda" else ""))
-  print(f"matmul precision: {args.matmul_precision}; timings: median of {args.repeats} repeats "
-        f"x {args.steps} steps (min in brackets)")
+  if args.clock == "process" and len(machine["affinity"]) > 1:
+    print("  warning: --clock=process on several cores counts every thread's CPU time (spinning included)")
+  print(f"matmul precision: {args.matmul_precision}; {args.clock} clock; timings: median of {args.repeats} repeats "
+        f"x {args.steps} steps [fastest repeat]")
 
   peak_sizes = [int(n) for n in args.peak_sizes.split(",")]
-  peak, peak_n = matmul_peak(jax, jnp, device, peak_sizes, repeats=3)
-  print(f"matmul peak (jit jnp.dot f32, sizes {peak_sizes}): {peak:.1f} GFLOP/s at n={peak_n}", flush=True)
+  matmuls = {n: make_matmul(jax, jnp, device, n) for n in peak_sizes}
+
+  def measure_peak() -> tuple:  # (GFLOP/s, n): the best size, timed once each
+    return max((measure(), n) for n, measure in matmuls.items())
+
+  peak = max(measure_peak() for _ in range(3))
+  print(f"matmul peak (jit jnp.dot f32, sizes {peak_sizes}): {peak[0]:.1f} GFLOP/s at n={peak[1]}; "
+        "all sizes are timed again in every repeat below", flush=True)
 
   rows = []
   for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-    flops = step_flops(batch_size)
-    run_ours, sync_ours, xla_flops, ours_loss, params, host_batch = make_ours(jax, device, batch_size)
-    contenders = {"ours": (run_ours, sync_ours)}
-    torch_loss = None
-    if torch is not None:
-      run_torch, sync_torch, torch_loss = make_torch(torch, torch_device, params, host_batch)
-      contenders["torch"] = (run_torch, sync_torch)
-    times = {name: [] for name in contenders}
-    for name, (run, sync) in contenders.items():
-      timed(run, sync, args.warmup)
-    for _ in range(args.repeats):  # take turns, so both see the same background load
-      for name, (run, sync) in contenders.items():
-        times[name].append(timed(run, sync, args.steps))
-    ours = statistics.median(times["ours"])
-    row = {"batch": batch_size, "ours_ms": ours * 1e3, "ours_min_ms": min(times["ours"]) * 1e3,
-           "gflops": flops / ours / 1e9, "flops": flops, "xla_flops": xla_flops}
-    print(f"\nbatch {batch_size}: {flops / 1e9:.3f} GFLOP/step analytic (matmuls), "
-          f"{xla_flops / 1e9:.3f} XLA cost_analysis (all ops)")
-    print(f"  first-step loss: ours {ours_loss:.5f}" + (f", torch {torch_loss:.5f}" if torch_loss is not None else ""))
-    print(f"  ours : {row['ours_ms']:8.2f} ms/step [{row['ours_min_ms']:.2f}]  {row['gflops']:7.1f} GFLOP/s")
-    if "torch" in times:
-      t = statistics.median(times["torch"])
-      row.update(torch_ms=t * 1e3, torch_min_ms=min(times["torch"]) * 1e3, torch_gflops=flops / t / 1e9)
-      print(f"  torch: {row['torch_ms']:8.2f} ms/step [{row['torch_min_ms']:.2f}]  {row['torch_gflops']:7.1f} GFLOP/s")
-    print(f"  ours / matmul peak = {row['gflops'] / peak:.2f}   (goal >= 0.80)")
-    if "torch" in times:
-      print(f"  ours / torch = {row['ours_ms'] / row['torch_ms']:.2f}   (time; goal <= 0.90)")
+    row, peaks = measure_batch(args, jax, device, torch, torch_device, batch_size, measure_peak)
+    peak = max([peak] + peaks)
     rows.append(row)
 
-  print("\n| batch | ours ms/step | torch ms/step | ours GFLOP/s | ours / peak | ours / torch |")
-  print("|---:|---:|---:|---:|---:|---:|")
+  peak_gflops = peak[0]
+  print("\n| batch | ours ms/step | torch ms/step | ours GFLOP/s | matmul GFLOP/s | ours / peak | ours / torch |")
+  print("|---:|---:|---:|---:|---:|---:|---:|")
   for r in rows:
-    torch_cols = (f"{r['torch_ms']:.2f}", f"{r['ours_ms'] / r['torch_ms']:.2f}") if "torch_ms" in r else ("-", "-")
-    print(f"| {r['batch']} | {r['ours_ms']:.2f} | {torch_cols[0]} | {r['gflops']:.1f} | "
-          f"{r['gflops'] / peak:.2f} | {torch_cols[1]} |")
-  print(f"matmul peak {peak:.1f} GFLOP/s")
+    torch_ms, ratio = (f"{r['torch_ms']:.2f}", f"{r['ours_over_torch']:.2f}") if "torch_ms" in r else ("-", "-")
+    print(f"| {r['batch']} | {r['ours_ms']:.2f} | {torch_ms} | {r['ours_gflops']:.1f} | "
+          f"{r['matmul_gflops']:.1f} | {r['ours_over_peak']:.2f} | {ratio} |")
+  print(f"Times: medians over repeats [fastest repeat]. Ratios: medians over repeats of the ratio within a repeat "
+        f"(the step(s) and the matmuls take turns). Best matmul seen: {peak_gflops:.1f} GFLOP/s at "
+        f"n={peak[1]} (ours / that: " + ", ".join(f"{r['ours_gflops'] / peak_gflops:.2f}" for r in rows)
+        + f"). Load average at the end: {_load()}.")
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump({"machine": machine, "jax": jax.__version__, "device": str(device.device_kind),
+                 "torch": None if torch is None else torch.__version__, "torch_device": torch_device,
+                 "args": vars(args), "date": time.strftime("%Y-%m-%d"), "peak_gflops": peak_gflops,
+                 "peak_n": peak[1], "load_average_end": _load(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
