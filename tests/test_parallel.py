@@ -23,6 +23,7 @@ from research.errors import UserError
 from research.train import loop, optimizer, parallel
 from research.train import step as step_lib
 from research.train.state import TrainState, init_variables
+from tree_asserts import assert_trees_close
 
 IMAGE_SHAPE = (8, 8, 1)  # digits
 BATCH = 64               # global batch: 8 examples per device on 8 devices
@@ -66,13 +67,7 @@ def _run(engine, student, teacher, teacher_variables, method, tx, host_state, ba
 
 
 def _assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL, what=""):
-  actual_flat, actual_def = jax.tree_util.tree_flatten_with_path(actual)
-  expected_flat, expected_def = jax.tree_util.tree_flatten_with_path(expected)
-  assert actual_def == expected_def, f"{what}: tree structures differ"
-  for (path, a), (_, e) in zip(actual_flat, expected_flat):
-    a, e = np.asarray(a), np.asarray(e)
-    assert a.shape == e.shape and a.dtype == e.dtype, f"{what}{jax.tree_util.keystr(path)}"
-    np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"{what}{jax.tree_util.keystr(path)}")
+  assert_trees_close(actual, expected, rtol, atol, what)
 
 
 def _student():

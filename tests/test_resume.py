@@ -23,6 +23,7 @@ from research.errors import UserError
 from research.train import checkpoint, optimizer
 from research.train.loop import train_and_evaluate
 from research.train.state import TrainState, init_variables
+from tree_asserts import assert_trees_bitwise_equal
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,16 +83,6 @@ def _restore(workdir: pathlib.Path, config) -> tuple:
   finally:
     ckpt.close()
   return jax.tree.map(np.asarray, state), data_state
-
-
-def _assert_bitwise_equal(a, b, what: str):
-  flat_a, def_a = jax.tree_util.tree_flatten_with_path(a)
-  flat_b, def_b = jax.tree_util.tree_flatten_with_path(b)
-  assert def_a == def_b, f"{what}: tree structures differ"
-  for (path, x), (_, y) in zip(flat_a, flat_b):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and x.shape == y.shape, f"{what}{jax.tree_util.keystr(path)}"
-    assert x.tobytes() == y.tobytes(), f"{what}{jax.tree_util.keystr(path)} differs"
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +172,7 @@ def test_killed_and_resumed_run_is_bitwise_equal_to_uninterrupted(tmp_path, data
   state_a, data_a = _restore(workdir_a, config)
   state_b, data_b = _restore(workdir_b, config)
   assert int(state_a.step) == TOTAL_STEPS
-  _assert_bitwise_equal(state_b, state_a, "state")
+  assert_trees_bitwise_equal(state_b, state_a, "state")
   assert data_b == data_a
 
   # Data order: every step after the resume point saw the same batch (and dropout masks),
@@ -256,7 +247,7 @@ def test_distillation_leaves_the_teacher_untouched(teacher_run, tmp_path, data_d
   assert results["step"] == 10
 
   assert _hashes(teacher_dir) == before, "distillation modified the teacher's workdir"
-  _assert_bitwise_equal(checkpoint.load_variables(str(teacher_dir), expected), params_before,
+  assert_trees_bitwise_equal(checkpoint.load_variables(str(teacher_dir), expected), params_before,
                         "teacher variables")
   # The teacher was used (its agreement is logged) ...
   assert all("teacher_agreement" in r for r in _metric_lines(student_dir, "train"))
