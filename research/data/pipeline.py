@@ -2,7 +2,9 @@
 
 Batches are dicts of numpy arrays: 'image' float32 (B, H, W, C) in [0, 1], 'label' int32 (B,),
 and for evaluation 'mask' float32 (B,) marking real (1) vs padding (0) examples.
-Each host reads its own slice of the data (`process_index::process_count`).
+Training batches are the same global batches whatever the number of hosts: every host derives the
+global order from the seed and reads only its own contiguous slice of each batch, so a run on
+N hosts sees exactly the data a single host would. Evaluation splits the examples round-robin.
 """
 import functools
 import threading
@@ -37,10 +39,15 @@ def translate(images: np.ndarray, max_px: int, rng: np.random.Generator) -> np.n
   """Shifts each image by an integer offset in [−max_px, max_px]² (zero fill), as Hinton et al. 2015."""
   if max_px == 0:
     return images
-  n, h, w = images.shape[:3]
+  return shift(images, max_px, rng.integers(0, 2 * max_px + 1, size=(2, len(images))))
+
+
+def shift(images: np.ndarray, max_px: int, offsets: np.ndarray) -> np.ndarray:
+  """Crops image i at rows dy[i]:dy[i]+H, cols dx[i]:dx[i]+W of its zero-padded copy; offsets = (dy, dx)."""
+  h, w = images.shape[1:3]
   padded = np.pad(images, ((0, 0), (max_px, max_px), (max_px, max_px), (0, 0)))
-  dy, dx = rng.integers(0, 2 * max_px + 1, size=(2, n))
-  return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+  dy, dx = offsets
+  return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(len(images))])
 
 
 class ShuffledBatches:
@@ -90,7 +97,7 @@ def _to_float(batch: dict) -> dict:
 def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> grain.MapDataset:
   """An infinite, shuffled (differently each epoch) MapDataset of this host's training batches.
 
-  `batch_size` is the global batch; each host gets batch_size / process_count examples per step.
+  `batch_size` is the global batch; each host gets its batch_size / process_count examples of it.
   Random-access: batch k is a pure function of (seed, k), which is what makes resume exact.
   """
   hosts = jax.process_count()
@@ -99,16 +106,22 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int)
   source = _source(config.dataset, config.dataset.train_split)
   indices = (_kept_indices(source, config.dataset.exclude_labels) if config.dataset.exclude_labels
              else np.arange(len(source)))
-  indices = indices[jax.process_index()::hosts]
-  if len(indices) < batch_size // hosts:
-    raise UserError(f"The training split has {len(indices)} examples per host, fewer than one "
-                    f"batch of {batch_size // hosts}; lower config.batch_size.")
-  ds = grain.MapDataset.source(ShuffledBatches(indices, batch_size // hosts, seed))
-  ds = ds.map(lambda idx: _to_float(_gather(source, idx)))
-  if config.dataset.translate_px:
-    px = config.dataset.translate_px
-    ds = ds.random_map(lambda b, rng: {**b, "image": translate(b["image"], px, rng)}, seed=seed + 1)
-  return ds
+  if len(indices) < batch_size:
+    raise UserError(f"The training split has {len(indices)} examples, fewer than one batch of "
+                    f"{batch_size}; lower config.batch_size.")
+  local = batch_size // hosts
+  host_slice = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  ds = grain.MapDataset.source(ShuffledBatches(indices, batch_size, seed))
+  px = config.dataset.translate_px
+  if not px:
+    return ds.map(lambda idx: _to_float(_gather(source, idx[host_slice])))
+
+  def load_and_shift(idx, rng):
+    offsets = rng.integers(0, 2 * px + 1, size=(2, batch_size))[:, host_slice]  # drawn for the global batch
+    batch = _to_float(_gather(source, idx[host_slice]))
+    return {**batch, "image": shift(batch["image"], px, offsets)}
+
+  return ds.random_map(load_and_shift, seed=seed + 1)
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
