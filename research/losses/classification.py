@@ -43,3 +43,34 @@ def hinton_kd(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, labels: 
   if alpha == 1.0:
     return soft
   return (1.0 - alpha) * cross_entropy(student_logits, labels) + alpha * soft
+
+
+def decoupled_kd_terms(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, labels: jnp.ndarray,
+                       temperature: float = 1.0):
+  """Zhao et al. 2022 (DKD): per-example (TCKD, NCKD, teacher's non-target mass 1 − p_t), at T.
+
+  TCKD is the KL between the binary (target, rest) distributions; NCKD the KL between the
+  distributions over the non-target classes alone. Exactly: KL(p ‖ q) = TCKD + (1 − p_t)·NCKD.
+  The target is masked out of NCKD by shifting its logit down by 1e4 (its probability underflows
+  to exactly 0) rather than to −inf, which would put NaNs into the gradients.
+  """
+  onehot = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=student_logits.dtype)
+  t_log = jax.nn.log_softmax(teacher_logits / temperature)
+  s_log = jax.nn.log_softmax(student_logits / temperature)
+  t_target, s_target = jnp.sum(t_log * onehot, -1), jnp.sum(s_log * onehot, -1)
+  # log(1 − p_t) as logsumexp over the non-target classes: accurate when p_t is close to 1.
+  t_rest = jax.nn.logsumexp(t_log - 1e4 * onehot, axis=-1)
+  s_rest = jax.nn.logsumexp(s_log - 1e4 * onehot, axis=-1)
+  tckd = (jnp.exp(t_target) * (t_target - s_target) + jnp.exp(t_rest) * (t_rest - s_rest))
+  t_part = jax.nn.log_softmax(teacher_logits / temperature - 1e4 * onehot)
+  s_part = jax.nn.log_softmax(student_logits / temperature - 1e4 * onehot)
+  nckd = jnp.sum(jnp.exp(t_part) * (t_part - s_part), axis=-1)
+  return tckd, nckd, jnp.exp(t_rest)
+
+
+def dkd(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, labels: jnp.ndarray,
+        temperature: float, alpha: float, beta: float) -> jnp.ndarray:
+  """DKD = T²·(α·TCKD + β·NCKD) per example, teacher logits held fixed (Zhao et al. 2022, eq. 7)."""
+  tckd, nckd, _ = decoupled_kd_terms(student_logits, jax.lax.stop_gradient(teacher_logits), labels,
+                                     temperature)
+  return temperature**2 * (alpha * tckd + beta * nckd)
