@@ -11,7 +11,7 @@ fail at start-up. Re-running with the same --workdir resumes the run.
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from research.errors import UserError
@@ -35,7 +35,6 @@ def main(argv):
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -39,7 +39,12 @@ def translate(images: np.ndarray, max_px: int, rng: np.random.Generator) -> np.n
   """Shifts each image by an integer offset in [−max_px, max_px]² (zero fill), as Hinton et al. 2015."""
   if max_px == 0:
     return images
-  return shift(images, max_px, rng.integers(0, 2 * max_px + 1, size=(2, len(images))))
+  return shift(images, max_px, _random_offsets(rng, max_px, len(images)))
+
+
+def _random_offsets(rng: np.random.Generator, max_px: int, n: int) -> np.ndarray:
+  """(dy, dx) offsets into the padded images, uniform in [0, 2·max_px]: shape (2, n)."""
+  return rng.integers(0, 2 * max_px + 1, size=(2, n))
 
 
 def shift(images: np.ndarray, max_px: int, offsets: np.ndarray) -> np.ndarray:
@@ -117,7 +122,7 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int)
     return ds.map(lambda idx: _to_float(_gather(source, idx[host_slice])))
 
   def load_and_shift(idx, rng):
-    offsets = rng.integers(0, 2 * px + 1, size=(2, batch_size))[:, host_slice]  # drawn for the global batch
+    offsets = _random_offsets(rng, px, batch_size)[:, host_slice]  # drawn for the global batch
     batch = _to_float(_gather(source, idx[host_slice]))
     return {**batch, "image": shift(batch["image"], px, offsets)}
 

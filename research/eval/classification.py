@@ -15,7 +15,6 @@ from research import config as config_lib
 from research import models
 from research.data import pipeline
 from research.train import checkpoint
-from research.train.state import init_variables
 
 
 def load_run(workdir: str):
@@ -23,8 +22,7 @@ def load_run(workdir: str):
   config = config_lib.resolve(json.loads((pathlib.Path(workdir) / "config.json").read_text()))
   model = models.build(config.model)
   shape = pipeline.example_shape(config.dataset)
-  expected = jax.eval_shape(lambda: init_variables(model, shape, jax.random.PRNGKey(0)))
-  return config, model, checkpoint.load_variables(workdir, expected, what="run")
+  return config, model, checkpoint.load_model_variables(workdir, model, shape, what="run")
 
 
 def predict(model, variables, dataset_config: ml_collections.ConfigDict, split: str,

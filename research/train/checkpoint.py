@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from research.errors import UserError
+from research.train.state import init_variables
 
 
 def _checkpoint_dir(path: str) -> pathlib.Path:
@@ -89,6 +90,12 @@ def check_compatible(saved, expected, what: str, fix: str) -> None:
   extra = sorted(set(saved_shapes) - set(expected_shapes))
   if extra:
     raise UserError(f"{what} has parameters the configured model lacks, e.g. {extra[0]}. Fix {fix}.")
+
+
+def load_model_variables(path: str, model, example_shape: tuple, what: str = "teacher") -> dict:
+  """`load_variables` for `model` on inputs of `example_shape`: the expected shapes come from its init."""
+  expected = jax.eval_shape(lambda: init_variables(model, example_shape, jax.random.PRNGKey(0)))
+  return load_variables(path, expected, what)
 
 
 def load_variables(path: str, expected_variables, what: str = "teacher") -> dict:

@@ -65,8 +65,7 @@ def _load_teacher(config, workdir: pathlib.Path, example_shape, engine):
     raise UserError(f"config.teacher.checkpoint={teacher_path} lies inside the student's --workdir; "
                     "the teacher must live in its own workdir (it is read-only here).")
   teacher = models.build(config.teacher.model)
-  expected = jax.eval_shape(lambda: init_variables(teacher, example_shape, jax.random.PRNGKey(0)))
-  variables = checkpoint.load_variables(str(teacher_path), expected, "teacher")
+  variables = checkpoint.load_model_variables(str(teacher_path), teacher, example_shape, "teacher")
   return teacher, engine.put_replicated(variables)
 
 
