@@ -1,10 +1,21 @@
-"""Model zoo: `build(model_config)` turns a config section into a linen module."""
+"""Model zoo: `build(model_config)` turns a config section into a linen module.
+
+Every model records named features with `tap(self, name, x)` (a no-op unless "taps" is
+mutable): "stem", "stage1".."stageK" (MLP: "hidden1".."hiddenN"), "penultimate" (the final
+Dense's input, (B, C)). The CIFAR family of the CRD benchmark (Tian et al. 2020) follows
+RepDistiller's definitions; its names ignore every config key but `num_classes`.
+"""
 import flax.linen as nn
 import ml_collections
 
 from research.errors import UserError
+from research.models import cifar_resnet, mobile, vgg
 from research.models.cnn import CNN, ResNet
 from research.models.mlp import MLP
+
+# name → constructor(num_classes) for the CIFAR family.
+CIFAR = {**cifar_resnet.MODELS, **vgg.MODELS, **mobile.MODELS}
+NAMES = ("mlp", "cnn", "resnet") + tuple(CIFAR)
 
 
 def build(config: ml_collections.ConfigDict) -> nn.Module:
@@ -13,7 +24,9 @@ def build(config: ml_collections.ConfigDict) -> nn.Module:
   if config.name == "mlp":
     return MLP(widths, config.num_classes, config.dropout_input, config.dropout_hidden)
   if config.name == "cnn":
-    return CNN(widths, config.num_classes, config.dropout_hidden)
+    return CNN(widths, config.num_classes, config.dropout_hidden, config.blocks_per_stage)
   if config.name == "resnet":
     return ResNet(widths, config.num_classes, config.blocks_per_stage)
-  raise UserError(f"Unknown model.name={config.name!r}; choose one of: mlp, cnn, resnet.")
+  if config.name in CIFAR:
+    return CIFAR[config.name](config.num_classes)
+  raise UserError(f"Unknown model.name={config.name!r}; choose one of: {', '.join(NAMES)}.")
