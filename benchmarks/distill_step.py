@@ -3,8 +3,8 @@ r"""How fast is the Hinton MLP pair's distill step, against the matmul peak and 
 One run measures, in the same process, on the same cores and threads:
 
   peak   the best f32 `jnp.dot` of square matrices under jit (GFLOP/s), the machine's matmul peak;
-  ours   exactly the step the trainer runs: research.train.step.make_train_step(student, teacher,
-         HintonKD(T=20, α=0.9), optax.adam(1e-3)) through ShardMapEngine.compile_train on one
+  ours   exactly the step the trainer runs: research.train.step.make_train_step(student, (teacher,),
+         hinton_kd(T=20, CE 0.1 + KD 0.9), optax.adam(1e-3)) through ShardMapEngine.compile_train on one
          device (jit(shard_map) with the state donated), the batch already on the device;
   torch  the same step in eager PyTorch (nn.Linear, torch.optim.Adam, the same loss), started from
          the same weights, so both print the same loss.
@@ -143,7 +143,7 @@ def make_ours(jax, device, batch_size: int):
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from research import methods  # pylint: disable=import-outside-toplevel
+  from research import config as config_lib, methods  # pylint: disable=import-outside-toplevel
   from research.models import MLP  # pylint: disable=import-outside-toplevel
   from research.train import parallel, step as step_lib  # pylint: disable=import-outside-toplevel
   from research.train.state import TrainState, init_variables  # pylint: disable=import-outside-toplevel
@@ -159,13 +159,14 @@ def make_ours(jax, device, batch_size: int):
   host_state = jax.device_get(TrainState.create(student_variables, tx, state_key))
   params = jax.device_get({"teacher": teacher_variables["params"], "student": student_variables["params"]})
   state = engine.put_replicated(host_state)
-  teacher_variables = engine.put_replicated(jax.device_get(teacher_variables))
+  teacher_variables = engine.put_replicated(jax.device_get((teacher_variables,)))
   rng = np.random.default_rng(batch_size)
   host_batch = {"image": rng.random((batch_size,) + example_shape, np.float32),
                 "label": rng.integers(0, 10, batch_size).astype(np.int32)}
   batch = engine.put_batch(host_batch)
-  train_step = engine.compile_train(step_lib.make_train_step(
-      student, teacher, methods.HintonKD(TEMPERATURE, ALPHA), tx))
+  method = methods.build(config_lib.build({"method": dict(
+      name="hinton_kd", temperature=TEMPERATURE, ce_weight=1 - ALPHA, kd_weight=ALPHA)}).method)
+  train_step = engine.compile_train(step_lib.make_train_step(student, (teacher,), method, tx))
   cost = train_step.lower(state, teacher_variables, batch).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")

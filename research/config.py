@@ -16,12 +16,42 @@ from research.errors import UserError
 def model_defaults() -> ml_collections.ConfigDict:
   """A model: `name` picks the architecture, the rest are its hyper-parameters."""
   return ml_collections.ConfigDict(dict(
-      name="mlp",            # mlp | cnn | resnet
-      widths=(1200, 1200),   # mlp hidden widths; cnn/resnet channels per stage
+      name="mlp",            # mlp | cnn | resnet | a CIFAR-family name (research/models: NAMES)
+      widths=(1200, 1200),   # mlp hidden widths; cnn/resnet channels per stage (CIFAR family: fixed)
       num_classes=10,
       dropout_input=0.0,     # mlp only
       dropout_hidden=0.0,
-      blocks_per_stage=1,    # resnet only
+      blocks_per_stage=1,    # resnet: residual blocks per stage; cnn: convs per stage
+  ))
+
+
+def method_defaults() -> ml_collections.ConfigDict:
+  """The loss: ce_weight·CE + kd_weight·T²·KL + feature_weight·(the method's own term)
+  [+ triplet_weight·triplet]. Taps name the features a method compares (research/methods/taps.py).
+  """
+  return ml_collections.ConfigDict(dict(
+      name="supervised",     # supervised | hinton_kd | fitnets | at | rkd | pkt | sp | crd | dkd
+      ce_weight=1.0,         # hard-label cross-entropy
+      kd_weight=0.0,         # Hinton soft targets at `temperature` (scaled by T²)
+      temperature=1.0,
+      feature_weight=0.0,    # the method's own term (hint, AT, RKD, PKT, SP, CRD, DKD)
+      student_taps=(),       # () = the method's default taps
+      teacher_taps=(),
+      adapter=True,          # fitnets: a trainable 1×1-conv / linear regressor student→teacher
+      hint_steps=0,          # fitnets: steps of the hint stage (hint loss only) before CE + KD
+      at_p=2.0,              # attention transfer exponent
+      rkd_distance=25.0,     # RKD distance / angle weights inside the RKD term
+      rkd_angle=50.0,
+      crd_dim=128,           # CRD embedding size, negatives per example, NCE temperature,
+      crd_negatives=16384,   # memory-bank momentum
+      crd_temperature=0.07,
+      crd_momentum=0.5,
+      dkd_alpha=1.0,         # DKD: TCKD and NCKD weights, linear warm-up of the DKD term
+      dkd_beta=8.0,
+      dkd_warmup_steps=0,
+      triplet_weight=0.0,    # batch-hard triplet loss on the logits used as an embedding
+      triplet_margin=0.2,
+      mixup=0.0,             # mixup ratio ~ Beta(mixup, mixup), one per step; 0 = off (Beyer: 1.0)
   ))
 
 
@@ -47,19 +77,21 @@ def defaults() -> ml_collections.ConfigDict:
       teacher=dict(
           checkpoint="",           # workdir (or its checkpoints/ folder) of a finished teacher run; '' = none
           model=model_defaults(),
+          ensemble=(),             # more teacher workdirs (models read from their config.json):
+                                   # the teacher becomes their average probability (hinton_kd only)
+          view="same",             # same: the teacher sees the student's (augmented, mixed) images;
+                                   # clean: the un-augmented images (Beyer et al.'s fixed teacher)
       ),
-      method=dict(
-          name="supervised",       # supervised | hinton_kd
-          temperature=1.0,
-          alpha=0.0,               # weight of the soft-target term
-      ),
+      method=method_defaults(),
       optimizer=dict(
           name="adam",             # adam | sgd
           lr=1e-3,
-          schedule="cosine",       # cosine | constant
+          schedule="cosine",       # cosine | constant | step
+          decay_at=(),             # step: fractions of training where lr is multiplied by decay_factor
+          decay_factor=0.1,        #   (CRD's 150/180/210 of 240 epochs = 0.625, 0.75, 0.875)
           warmup_steps=0,
           momentum=0.9,            # sgd only
-          weight_decay=0.0,        # decoupled (AdamW / SGDW style)
+          weight_decay=0.0,        # adam: decoupled (AdamW); sgd: added to the gradient (PyTorch SGD)
           grad_clip_norm=0.0,      # 0 = off
       ),
       parallel=dict(
@@ -128,9 +160,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 
 _CHOICES = {
-    "method.name": ("supervised", "hinton_kd"),
+    "method.name": ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd"),
+    "teacher.view": ("same", "clean"),
     "optimizer.name": ("adam", "sgd"),
-    "optimizer.schedule": ("cosine", "constant"),
+    "optimizer.schedule": ("cosine", "constant", "step"),
     "parallel.mode": ("shard_map", "pmap"),
 }
 

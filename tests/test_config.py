@@ -113,7 +113,7 @@ def test_num_steps_alone_is_enough():
 
 def test_distillation_needs_a_teacher_checkpoint():
   with pytest.raises(UserError, match="teacher.checkpoint"):
-    config_lib.resolve(dict(method=dict(name="hinton_kd", temperature=2.0, alpha=0.5)))
+    config_lib.resolve(dict(method=dict(name="hinton_kd", temperature=2.0, kd_weight=0.5)))
   resolved = config_lib.resolve(dict(method=dict(name="hinton_kd"), teacher=dict(checkpoint="/t")))
   assert resolved.teacher.checkpoint == "/t"
 
@@ -193,7 +193,8 @@ def test_hinton_student_configs(run):
     assert student.method.name == "supervised"
   else:
     assert student.method.name == "hinton_kd" and student.method.temperature == 20.0
-    assert student.method.alpha == (0.9 if run == "student_kd" else 1.0)
+    assert student.method.kd_weight == (0.9 if run == "student_kd" else 1.0)
+    assert student.method.ce_weight == (0.1 if run == "student_kd" else 0.0)
     # The teacher it loads has the teacher's architecture.
     assert student.teacher.model.widths == (1200, 1200)
     assert student.teacher.model.dropout_input == 0.2

@@ -54,16 +54,21 @@ def _host_state(model, tx, seed=0):
 def _run(engine, student, teacher, teacher_variables, method, tx, host_state, batches):
   """Steps `host_state` over `batches` on `engine`; returns the state after every step and every
   step's metrics, on the host."""
-  train_step = engine.compile_train(step_lib.make_train_step(student, teacher, method, tx))
+  teachers = () if teacher is None else (teacher,)
+  train_step = engine.compile_train(step_lib.make_train_step(student, teachers, method, tx))
   # put_replicated may alias host buffers and the step donates its state: give it a private copy.
   state = engine.put_replicated(jax.tree.map(np.array, host_state))
-  teacher_variables = None if teacher is None else engine.put_replicated(teacher_variables)
+  teacher_variables = () if teacher is None else engine.put_replicated((teacher_variables,))
   states, history = [], []
   for batch in batches:
     state, metrics = train_step(state, teacher_variables, engine.put_batch(batch))
     states.append(jax.tree.map(np.array, jax.device_get(engine.unreplicate(state))))
     history.append(jax.tree.map(np.array, jax.device_get(engine.unreplicate(metrics))))
   return states, history
+
+
+def _method(**method):
+  return methods.build(config_lib.build({"method": method}).method)
 
 
 def _assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL, what=""):
@@ -96,7 +101,7 @@ def mlp_runs(batches, tx):
   def runs(engine_name, kd):
     if (engine_name, kd) not in cache:
       teacher, teacher_variables = _teacher() if kd else (None, None)
-      method = methods.HintonKD(temperature=4.0, alpha=0.7) if kd else methods.Supervised()
+      method = _method(name="hinton_kd", temperature=4.0, ce_weight=0.3, kd_weight=0.7) if kd else _method()
       cache[engine_name, kd] = (host, *_run(engines[engine_name](), student, teacher, teacher_variables,
                                             method, tx, host, batches[:NUM_STEPS]))
     return cache[engine_name, kd]
@@ -114,8 +119,8 @@ def test_one_device_step_matches_plain_jax(mlp_runs, batches, tx):
     return jnp.mean(losses.cross_entropy(logits, batch["label"])), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(host.variables["params"])
-  updates, opt_state = tx.update(grads, host.opt_state, host.variables["params"])
-  params = jax.tree.map(lambda p, u: p + u, host.variables["params"], updates)
+  updates, opt_state = tx.update({"student": grads, "adapters": {}}, host.opt_state, host.trainable())
+  params = jax.tree.map(lambda p, u: p + u, host.variables["params"], updates["student"])
   _assert_trees_close(states[0].variables["params"], jax.device_get(params), what="params")
   _assert_trees_close(states[0].opt_state, jax.device_get(opt_state), what="opt_state")
   assert int(states[0].step) == 1
@@ -130,7 +135,7 @@ def test_eight_devices_equal_one_device(mlp_runs, kd):
   host, one_states, one_metrics = mlp_runs("shard_map_1", kd)
   _, eight_states, eight_metrics = mlp_runs("shard_map_8", kd)
   if kd:
-    assert set(eight_metrics[0]) == {"loss", "accuracy", "teacher_agreement"}
+    assert set(eight_metrics[0]) == {"loss", "accuracy", "teacher_agreement", "loss_ce", "loss_kd"}
   for step in (1, NUM_STEPS):
     one, eight = one_states[step - 1], eight_states[step - 1]
     assert int(eight.step) == step
@@ -159,7 +164,7 @@ def test_resnet_batchnorm_step_eight_devices_equal_one_device(batches, tx):
   student = models.ResNet((8, 16), 10)
   host = _host_state(student, tx)
   assert "batch_stats" in host.variables
-  args = (student, None, None, methods.Supervised(), tx, host, batches[:1])
+  args = (student, None, None, _method(), tx, host, batches[:1])
   (one_state,), one_metrics = _run(parallel.ShardMapEngine(jax.devices()[:1]), *args)
   (eight_state,), eight_metrics = _run(parallel.ShardMapEngine(jax.devices()[:8]), *args)
   # Running statistics moved away from their initial values (mean 0, var 1) ...

@@ -240,7 +240,7 @@ def test_distillation_leaves_the_teacher_untouched(teacher_run, tmp_path, data_d
   student_dir = tmp_path / "student"
   student_config = _digits_config(
       data_dir, num_steps=10, model=dict(widths=(16,)),
-      method=dict(name="hinton_kd", temperature=4.0, alpha=0.5),
+      method=dict(name="hinton_kd", temperature=4.0, ce_weight=0.5, kd_weight=0.5),
       teacher=dict(checkpoint=str(teacher_dir), model=teacher_config["model"]),
       parallel=dict(num_devices=-1))  # 8 devices: the teacher is replicated onto each
   results = train_and_evaluate(student_config, str(student_dir))

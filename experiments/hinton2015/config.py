@@ -45,10 +45,10 @@ def get_config(arg: str = ""):
     config.update(model=dict(TEACHER), num_epochs=60.0)
     config["dataset"]["translate_px"] = 2
   elif arg.run == "student_kd":
-    config.update(method=dict(name="hinton_kd", temperature=20.0, alpha=0.9),
+    config.update(method=dict(name="hinton_kd", temperature=20.0, ce_weight=0.1, kd_weight=0.9),
                   teacher=dict(model=dict(TEACHER)))
   elif arg.run == "student_omit3":
-    config.update(method=dict(name="hinton_kd", temperature=20.0, alpha=1.0),
+    config.update(method=dict(name="hinton_kd", temperature=20.0, ce_weight=0.0, kd_weight=1.0),
                   teacher=dict(model=dict(TEACHER)))
     config["dataset"].update(exclude_labels=(3,), train_split=OMIT3_TRAIN_SPLIT)
   return config_lib.build(config)

@@ -1,7 +1,9 @@
 """Grain input pipelines: a checkpointable training iterator and padded evaluation batches.
 
 Batches are dicts of numpy arrays: 'image' float32 (B, H, W, C) in [0, 1], 'label' int32 (B,),
-and for evaluation 'mask' float32 (B,) marking real (1) vs padding (0) examples.
+for training 'index' int32 (B,) (the example's position in the training set, 0…N−1, which
+CRD's memory banks use) and, with augmentation and a 'clean' teacher view, 'teacher_image' (the
+un-augmented images); for evaluation 'mask' float32 (B,) marking real (1) vs padding (0) examples.
 Training batches are the same global batches whatever the number of hosts: every host derives the
 global order from the seed and reads only its own contiguous slice of each batch, so a run on
 N hosts sees exactly the data a single host would. Evaluation splits the examples round-robin.
@@ -116,15 +118,22 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int)
                     f"{batch_size}; lower config.batch_size.")
   local = batch_size // hosts
   host_slice = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-  ds = grain.MapDataset.source(ShuffledBatches(indices, batch_size, seed))
+  ds = grain.MapDataset.source(ShuffledBatches(np.arange(len(indices)), batch_size, seed))
+
+  def load(positions):
+    positions = positions[host_slice]
+    return {**_to_float(_gather(source, indices[positions])), "index": positions.astype(np.int32)}
+
   px = config.dataset.translate_px
   if not px:
-    return ds.map(lambda idx: _to_float(_gather(source, idx[host_slice])))
+    return ds.map(load)
+  keep_clean = config.teacher.view == "clean"
 
-  def load_and_shift(idx, rng):
+  def load_and_shift(positions, rng):
     offsets = _random_offsets(rng, px, batch_size)[:, host_slice]  # drawn for the global batch
-    batch = _to_float(_gather(source, idx[host_slice]))
-    return {**batch, "image": shift(batch["image"], px, offsets)}
+    batch = load(positions)
+    clean = {"teacher_image": batch["image"]} if keep_clean else {}
+    return {**batch, **clean, "image": shift(batch["image"], px, offsets)}
 
   return ds.random_map(load_and_shift, seed=seed + 1)
 

@@ -2,7 +2,8 @@
 
 A run's workdir holds `checkpoints/<step>/` with three items:
   variables  the model's linen collections ('params', ...): what a teacher or an export needs
-  train      step, optimizer state and the base RNG key
+  train      step, optimizer state, base RNG key, the method's adapters and state (e.g. CRD's
+             memory banks): needed to resume, never part of the exported student
   data       the Grain iterator state (JSON), so a resumed run sees the same batches
 Saving is asynchronous and atomic (Orbax writes to a temporary folder and renames it).
 """
@@ -38,7 +39,7 @@ class Checkpointer:
   def save(self, step: int, state, data_state: dict) -> None:
     self._manager.save(step, args=ocp.args.Composite(
         variables=ocp.args.StandardSave(state.variables),
-        train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
+        train=ocp.args.StandardSave(_train_item(state)),
         data=ocp.args.JsonSave(data_state)))
 
   def restore(self, host_state):
@@ -50,14 +51,12 @@ class Checkpointer:
     step = self._manager.latest_step()
     check_compatible(_saved_variables(self._manager.directory / str(step)), host_state.variables, "the checkpoint in this workdir",
                      "config.model (or use a new --workdir)")
-    train = {"step": host_state.step, "opt_state": host_state.opt_state, "rng": host_state.rng}
     restored = self._manager.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(host_state.variables),
-        train=ocp.args.StandardRestore(train),
+        train=ocp.args.StandardRestore(_train_item(host_state)),
         data=ocp.args.JsonRestore()))
     train = restored["train"]
-    state = host_state.replace(step=train["step"], variables=restored["variables"],
-                               opt_state=train["opt_state"], rng=train["rng"])
+    state = host_state.replace(variables=restored["variables"], **train)
     return state, restored["data"]
 
   def wait(self) -> None:
@@ -65,6 +64,11 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _train_item(state) -> dict:
+  return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng,
+          "adapters": state.adapters, "method_state": state.method_state}
 
 
 def _saved_variables(step_dir: pathlib.Path):

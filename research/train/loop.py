@@ -19,6 +19,7 @@ from research import config as config_lib
 from research import methods, models
 from research.data import pipeline
 from research.errors import UserError
+from research.methods import taps
 from research.train import checkpoint, optimizer, parallel, step as step_lib
 from research.train.metrics import MetricWriter, Progress
 from research.train.state import TrainState, init_variables
@@ -57,16 +58,35 @@ def _write_config(config, workdir: pathlib.Path) -> None:
     (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
 
 
-def _load_teacher(config, workdir: pathlib.Path, example_shape, engine):
+def _teacher_models(config) -> tuple:
+  """The teacher models: config.teacher.model, then each ensemble member's model from its run's config.json."""
   if not config.teacher.checkpoint:
-    return None, None
-  teacher_path = pathlib.Path(config.teacher.checkpoint).expanduser().absolute()
-  if teacher_path == workdir or workdir in teacher_path.parents:
-    raise UserError(f"config.teacher.checkpoint={teacher_path} lies inside the student's --workdir; "
-                    "the teacher must live in its own workdir (it is read-only here).")
-  teacher = models.build(config.teacher.model)
-  variables = checkpoint.load_model_variables(str(teacher_path), teacher, example_shape, "teacher")
-  return teacher, engine.put_replicated(variables)
+    return ()
+  models_ = [models.build(config.teacher.model)]
+  for member in config.teacher.ensemble:
+    path = pathlib.Path(member).expanduser() / "config.json"
+    if not path.exists():
+      raise UserError(f"config.teacher.ensemble member {member} has no config.json: point it at the "
+                      "workdir of a finished training run.")
+    models_.append(models.build(config_lib.build({"model": json.loads(path.read_text())["model"]}).model))
+  return tuple(models_)
+
+
+def _load_teachers(config, teachers, workdir: pathlib.Path, example_shape, engine) -> tuple:
+  """Every teacher's variables, read-only, replicated over the devices."""
+  variables = []
+  for teacher, path in zip(teachers, (config.teacher.checkpoint,) + tuple(config.teacher.ensemble)):
+    teacher_path = pathlib.Path(path).expanduser().absolute()
+    if teacher_path == workdir or workdir in teacher_path.parents:
+      raise UserError(f"The teacher checkpoint {teacher_path} lies inside the student's --workdir; "
+                      "the teacher must live in its own workdir (it is read-only here).")
+    variables.append(checkpoint.load_model_variables(str(teacher_path), teacher, example_shape, "teacher"))
+  return engine.put_replicated(tuple(variables))
+
+
+def _shapes(model, example_shape) -> dict:
+  variables = jax.eval_shape(lambda: init_variables(model, example_shape, jax.random.PRNGKey(0)))
+  return taps.available(model, variables, example_shape)
 
 
 def _log_train(writer, progress, step: int, metrics) -> None:
@@ -100,26 +120,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   engine = parallel.make_engine(config.parallel.mode, devices)
   parallel.check_batch_size(config.batch_size, engine.num_devices)
   parallel.check_batch_size(config.eval_batch_size, engine.num_devices, "eval_batch_size")
-  method = methods.build(config.method)
+  methods.build(config.method)  # the method's own settings, before any data is read
   student = models.build(config.model)
   example_shape = pipeline.example_shape(config.dataset)
-  if config.teacher.checkpoint and not method.needs_teacher:
+  if config.teacher.checkpoint and config.method.name == "supervised":
     raise UserError(f"method '{config.method.name}' does not use a teacher; remove "
                     f"config.teacher.checkpoint={config.teacher.checkpoint!r} or pick a distillation method.")
-  teacher, teacher_variables = _load_teacher(config, workdir, example_shape, engine)
-  if method.needs_teacher and teacher is None:
-    raise UserError(f"method '{config.method.name}' needs config.teacher.checkpoint.")
+  if config.teacher.ensemble and config.method.name != "hinton_kd":
+    raise UserError("config.teacher.ensemble averages the teachers' probabilities, which only "
+                    f"method 'hinton_kd' uses; method '{config.method.name}' takes one teacher.")
+  teachers = _teacher_models(config)
+  num_train = pipeline.num_train_examples(config)
+  student_shapes = _shapes(student, example_shape)
+  teacher_shapes = _shapes(teachers[0], example_shape) if teachers else {}
+  method = methods.build(config.method, student_shapes, teacher_shapes, num_train)
+  teacher_variables = _load_teachers(config, teachers, workdir, example_shape, engine)
   if (workdir / "results.json").exists() and _same_config(config, workdir):
     logging.info("%s is finished; returning its results.json.", workdir)
     return json.loads((workdir / "results.json").read_text())
-  plan = schedule(config, pipeline.num_train_examples(config))
+  plan = schedule(config, num_train)
   total_steps = plan["total_steps"]
   tx = optimizer.build(config.optimizer, total_steps)
   workdir.mkdir(parents=True, exist_ok=True)
   _write_config(config, workdir)
 
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  host_state = jax.device_get(TrainState.create(init_variables(student, example_shape, init_rng), tx, state_rng))
+  adapters, method_state = method.init(jax.random.fold_in(init_rng, 1), student_shapes, teacher_shapes)
+  host_state = jax.device_get(TrainState.create(init_variables(student, example_shape, init_rng), tx,
+                                                state_rng, adapters, method_state))
   ckpt = checkpoint.Checkpointer(str(workdir), config.keep_checkpoints)
   train_data = pipeline.train_dataset(config, config.batch_size, seed=config.seed).to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))
@@ -131,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first_step = int(host_state.step)
   state = engine.put_replicated(host_state)
 
-  train_step = engine.compile_train(step_lib.make_train_step(student, teacher, method, tx))
+  train_step = engine.compile_train(step_lib.make_train_step(student, teachers, method, tx))
   eval_step = engine.compile_eval(step_lib.make_eval_step(student))
   run_eval = lambda variables: evaluate(engine, eval_step, variables, config.dataset,
                                         config.dataset.eval_split, config.eval_batch_size)

@@ -9,47 +9,86 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from research import losses
+from research import losses, methods
+from research.methods import taps
 from research.train.state import TrainState
 
 AXIS = "data"
 
 
-def make_train_step(student, teacher, method, tx: optax.GradientTransformation):
+def make_train_step(student, teachers, method, tx: optax.GradientTransformation):
   """Returns train_step(state, teacher_variables, batch) -> (new_state, metrics).
 
-  `teacher` may be None (supervised training). Metrics are averaged over devices.
-  Randomness (dropout) comes from fold_in(fold_in(state.rng, step), device index).
+  `teachers` is a tuple of models (empty for supervised training) and `teacher_variables` the
+  matching tuple of their variables; several teachers act as one, their probabilities averaged.
+  The student and its adapters are trained together; the method's state (e.g. CRD's memory
+  banks) is updated from the step's outputs. Metrics are averaged over devices.
+  Randomness comes from fold_in(state.rng, step): folded with the device index for dropout,
+  shared by all devices for mixup's ratio and CRD's negatives (drawn per example).
   """
 
   def train_step(state: TrainState, teacher_variables, batch):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    dropout_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
+    method_rng = jax.random.split(dropout_rng)[1]
+    mixup_rng, shared_rng = jax.random.split(step_rng)  # the same on every device
     images, labels = batch["image"], batch["label"]
-    teacher_logits = None
-    if teacher is not None:
-      teacher_logits = lax.stop_gradient(teacher.apply(teacher_variables, images, train=False))
+    teacher_images = batch.get("teacher_image", images)
+    mix = None
+    if method.mixup:
+      ratio = jax.random.beta(mixup_rng, method.mixup, method.mixup)
+      images, teacher_images = (mixup(x, ratio) for x in (images, teacher_images))
+      mix = (ratio, jnp.roll(labels, 1))
+    teacher_features = None
+    if teachers:
+      teacher_features = lax.stop_gradient(teacher_forward(teachers, teacher_variables, teacher_images,
+                                                           method.teacher_taps, method.temperature))
+    context = {"labels": labels, "mix": mix, "index": batch.get("index"), "step": state.step,
+               "rng": method_rng, "step_rng": shared_rng}
     mutable = [name for name in state.variables if name != "params"]
 
-    def loss_fn(params):
-      variables = {**state.variables, "params": params}
-      logits, new_collections = student.apply(variables, images, train=True, rngs={"dropout": rng},
-                                              mutable=mutable)
-      loss = jnp.mean(method.loss(logits, teacher_logits, labels))
-      return loss, (logits, new_collections)
+    def loss_fn(trainable):
+      variables = {**state.variables, "params": trainable["student"]}
+      features, new_collections = taps.forward(student, variables, images, method.student_taps,
+                                               mutable=mutable, train=True, rngs={"dropout": dropout_rng})
+      loss, method_state, terms = method.loss(trainable["adapters"], state.method_state, features,
+                                              teacher_features, context)
+      return loss, (features["logits"], new_collections, method_state, terms)
 
-    params = state.variables["params"]
-    (loss, (logits, new_collections)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    trainable = state.trainable()
+    (loss, (logits, new_collections, method_state, terms)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(trainable)
     grads = lax.pmean(grads, AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
-    if teacher_logits is not None:
-      metrics["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
-    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
-                              variables={**state.variables, **new_collections, "params": params})
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+               **{f"loss_{name}": value for name, value in terms.items()}}
+    if teacher_features is not None:
+      teacher_labels = jnp.argmax(teacher_features["logits"], -1)
+      metrics["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == teacher_labels)
+    new_state = state.replace(
+        step=state.step + 1, opt_state=opt_state, adapters=trainable["adapters"],
+        method_state=method_state,
+        variables={**state.variables, **new_collections, "params": trainable["student"]})
     return new_state, lax.pmean(metrics, AXIS)
 
   return train_step
+
+
+def teacher_forward(teachers, teacher_variables, images, tap_names, temperature) -> dict:
+  """The teachers' features in inference mode: the first teacher's taps, and 'logits' whose
+  softmax at `temperature` is the teachers' average (research.methods.ensemble_logits)."""
+  features, _ = taps.forward(teachers[0], teacher_variables[0], images, tap_names, train=False)
+  if len(teachers) > 1:
+    all_logits = [features["logits"]] + [t.apply(v, images, train=False)
+                                         for t, v in zip(teachers[1:], teacher_variables[1:])]
+    features["logits"] = methods.ensemble_logits(all_logits, temperature)
+  return features
+
+
+def mixup(images: jnp.ndarray, ratio: jnp.ndarray) -> jnp.ndarray:
+  """ratio·x_i + (1−ratio)·x_{i−1} within the device's batch (big_vision's pairing by a roll)."""
+  return ratio * images + (1.0 - ratio) * jnp.roll(images, 1, axis=0)
 
 
 def make_eval_step(model):
