@@ -115,6 +115,10 @@ def _term(config, student_shapes, teacher_shapes, num_train):
   if name == "at":  # default: every stage both models have, in order (CRD's benchmark)
     stages = [t for t in taps_lib.stage_taps(student_shapes) if t in teacher_shapes]
     student_taps, teacher_taps = student_taps or tuple(stages), teacher_taps or tuple(stages)
+    if student_shapes and not student_taps:
+      raise UserError("method 'at' compares spatial feature maps, but the student and the teacher share "
+                      f"no stage taps (student: {', '.join(student_shapes)}; teacher: "
+                      f"{', '.join(teacher_shapes)}). Set config.method.student_taps / teacher_taps.")
     return Attention(student_taps, teacher_taps, config.at_p)
   if name == "sp":  # default: each model's last stage
     student_taps = student_taps or tuple(taps_lib.stage_taps(student_shapes)[-1:])
