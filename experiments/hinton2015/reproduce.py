@@ -9,13 +9,13 @@ on the test set. Writes results.json, results.md and results.png to --workdir an
 Every run resumes from its checkpoints, so re-running after an interruption (or to re-print the
 table) costs only what was not finished.
 """
-import json
 import pathlib
 import sys
 
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import report
 from experiments.hinton2015 import config as hinton_config
 from research.errors import UserError
 from research.eval import classification
@@ -171,12 +171,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def write(results: dict, workdir: str) -> str:
-  root = pathlib.Path(workdir)
-  (root / "results.json").write_text(json.dumps(results, indent=2))
-  table = markdown(results)
-  (root / "results.md").write_text(table)
-  plot(results, str(root / "results.png"))
-  return table
+  return report.write(results, workdir, markdown, plot)
 
 
 def main(argv):

@@ -6,7 +6,6 @@ Trains (or resumes) the runs of experiments/zoo/config.py and writes results.{js
 claims and their thresholds were fixed in issue #3 before any run; each is reported PASS or NOT
 REPRODUCED from the numbers, never tuned afterwards.
 """
-import json
 import pathlib
 import sys
 
@@ -14,6 +13,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import report
 from experiments.zoo import config as zoo_config
 from research.errors import UserError
 from research.eval import classification
@@ -218,12 +218,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def write(results: dict, workdir: str) -> str:
-  root = pathlib.Path(workdir)
-  (root / "results.json").write_text(json.dumps(results, indent=2))
-  table = markdown(results)
-  (root / "results.md").write_text(table)
-  plot(results, str(root / "results.png"))
-  return table
+  return report.write(results, workdir, markdown, plot)
 
 
 def main(argv):

@@ -1,4 +1,5 @@
-"""Pure loss functions: logit losses (classification.py) and feature losses (features.py)."""
+"""Pure loss functions: logits (classification.py), features (features.py), CRD's NCE with memory banks
+(contrastive.py) and metric learning (metric.py: triplet, recall@k)."""
 from research.losses.classification import (cross_entropy, decoupled_kd_terms, dkd, hinton_kd, kl_divergence,
                                              soft_cross_entropy)
 from research.losses.features import (attention_map, attention_transfer, pkt, rkd_angle, rkd_distance,
