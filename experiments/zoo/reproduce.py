@@ -21,11 +21,6 @@ from research.losses import metric
 from research.train import logs
 from research.train.loop import train_and_evaluate
 
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/distillery/zoo", "Root folder of all runs.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = default).")
-_NUM_DEVICES = flags.DEFINE_integer("num_devices", -1, "Devices per run (-1 = all).")
-_EXTRA = flags.DEFINE_bool("extra", False, "Also train the runs without a claim (RKD on classification).")
 
 # (run, teacher): the teacher is a run name, "prev:<run>" (that run with the same seed) or None.
 STUDENT_RUNS = (
@@ -221,18 +216,28 @@ def write(results: dict, workdir: str) -> str:
   return report.write(results, workdir, markdown, plot)
 
 
+def _define_flags() -> None:
+  """Flags exist only when this module is the program, so tests can import it beside other scripts."""
+  flags.DEFINE_string("workdir", "/tmp/distillery/zoo", "Root folder of all runs.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
+  flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = default).")
+  flags.DEFINE_integer("num_devices", -1, "Devices per run (-1 = all).")
+  flags.DEFINE_bool("extra", False, "Also train the runs without a claim (RKD on classification).")
+
+
 def main(argv):
   del argv
   logs.quiet_libraries()
+  args = flags.FLAGS
   try:
-    results = run(_WORKDIR.value, [int(s) for s in _SEEDS.value], _DATA_DIR.value, _NUM_DEVICES.value,
-                  extra=_EXTRA.value)
+    results = run(args.workdir, [int(s) for s in args.seeds], args.data_dir, args.num_devices, extra=args.extra)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(write(results, _WORKDIR.value))
-  logging.info("Wrote results.{json,md,png} to %s", _WORKDIR.value)
+  print(write(results, args.workdir))
+  logging.info("Wrote results.{json,md,png} to %s", args.workdir)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
