@@ -160,7 +160,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 
 _CHOICES = {
-    "method.name": ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd"),
+    "method.name": ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd"),  # methods.NAMES
     "teacher.view": ("same", "clean"),
     "optimizer.name": ("adam", "sgd"),
     "optimizer.schedule": ("cosine", "constant", "step"),

