@@ -1,13 +1,14 @@
-r"""The vision distillation zoo at small scale: MNIST-5k (4,000 train / 1,000 test), 2 CPU cores.
+r"""The vision distillation zoo at small scale, on 2 CPU cores: MNIST-5k and 8×8 digits.
 
-One teacher CNN and one small student CNN; every method of the zoo distils the same pair, so the
+Every method distils the same teacher→student pair (one pair for MLPs, one for CNNs), so the
 numbers compare. Launch one run (the teacher first):
 
   python -m experiments.distill --config=experiments/zoo/config.py:teacher --workdir=/tmp/zoo/teacher
   python -m experiments.distill --config=experiments/zoo/config.py:crd,teacher_dir=/tmp/zoo/teacher \
       --workdir=/tmp/zoo/crd
 
-or the whole reproduction (all runs, 3 seeds, table + plot; ~10 min on 2 cores):
+or the whole reproduction (all runs, 3 seeds, table + plot; 10–14 min on 2 cores; expected
+verdicts: RKD and multi-teacher PASS, the other six NOT REPRODUCED, see README.md):
 
   python -m experiments.zoo.reproduce --workdir=/tmp/distillery/zoo
 
