@@ -66,6 +66,7 @@ def defaults() -> ml_collections.ConfigDict:
           eval_split="test",
           exclude_labels=(),       # train on a transfer set without these classes (Hinton's omitted 3)
           translate_px=0,          # random +-px translation of training images (Hinton's jitter)
+          hflip=False,             # random horizontal flips of training images (CIFAR recipes)
           in_memory=True,          # decode the whole split once; set False for large datasets
           download=True,           # allow TFDS to download a dataset that is not prepared
       ),

@@ -242,6 +242,19 @@ def test_train_pipeline_translation(data_dir):
   assert offsets[5] != offsets[6]
 
 
+def test_train_pipeline_horizontal_flips(data_dir):
+  """hflip mirrors about half the images left-right, the rest untouched, reproducibly by seed;
+  with translation the flip applies to the shifted image (same offsets as without flips)."""
+  plain = pipeline.train_dataset(make_config(data_dir), 64, seed=4)[2]
+  flipped = pipeline.train_dataset(make_config(data_dir, hflip=True), 64, seed=4)[2]
+  np.testing.assert_array_equal(plain["label"], flipped["label"])
+  mirrored = np.all(flipped["image"] == plain["image"][:, :, ::-1], axis=(1, 2, 3))
+  same = np.all(flipped["image"] == plain["image"], axis=(1, 2, 3))
+  assert np.all(mirrored | same) and 16 < np.sum(mirrored & ~same) < 48
+  again = pipeline.train_dataset(make_config(data_dir, hflip=True), 64, seed=4)[2]
+  np.testing.assert_array_equal(again["image"], flipped["image"])
+
+
 def test_in_memory_and_streaming_sources_agree(data_dir):
   in_memory = pipeline.train_dataset(make_config(data_dir, translate_px=1), 32, seed=2)[9]
   streamed = pipeline.train_dataset(make_config(data_dir, translate_px=1, in_memory=False), 32, seed=2)[9]

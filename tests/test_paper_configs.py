@@ -51,7 +51,7 @@ def test_crd_recipe():
   """RepDistiller / mdistiller: CIFAR-100, 240 epochs, SGD 0.9, batch 64, lr 0.05, ×0.1 at 150/180/210, wd 5e-4."""
   config = _student("resnet32x4", "resnet8x4", "crd")
   assert (config.dataset.name, config.dataset.train_split, config.dataset.eval_split) == ("cifar100", "train", "test")
-  assert config.dataset.translate_px == 4
+  assert config.dataset.translate_px == 4 and config.dataset.hflip  # RandomCrop(32, 4) + flip
   assert config.num_epochs == 240 and config.num_steps == -1 and config.batch_size == 64
   opt = config.optimizer
   assert (opt.name, opt.lr, opt.momentum, opt.weight_decay) == ("sgd", 0.05, 0.9, 5e-4)

@@ -78,7 +78,7 @@ def get_config(arg: str = ""):
   config = dict(
       seed=arg.seed,
       dataset=dict(name=data["name"], train_split=data["train_split"], eval_split="test",
-                   translate_px=TRANSLATE_PX),
+                   translate_px=TRANSLATE_PX, hflip=True),
       batch_size=BATCH_SIZE,
       # big_vision: total_steps = int(epochs · examples / batch). Our trainer's epoch is whole batches
       # (1,020 // 512 = 1 step), which would halve the schedule, so the steps are written out here.

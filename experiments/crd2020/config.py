@@ -104,7 +104,8 @@ def get_config(arg: str = ""):
   config = dict(
       seed=arg.seed,
       dataset=dict(name="cifar100", train_split="train", eval_split="test",
-                   translate_px=4),  # stand-in for RandomCrop(32, padding=4); no horizontal flip yet
+                   translate_px=4,  # stand-in for RandomCrop(32, padding=4) (zero fill)
+                   hflip=True),
       batch_size=BATCH_SIZE,
       num_epochs=EPOCHS,
       model=_model(trained, "teacher" if arg.run == "teacher" else "student"),

@@ -124,18 +124,23 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int)
     positions = positions[host_slice]
     return {**_to_float(_gather(source, indices[positions])), "index": positions.astype(np.int32)}
 
-  px = config.dataset.translate_px
-  if not px:
+  px, hflip = config.dataset.translate_px, config.dataset.hflip
+  if not px and not hflip:
     return ds.map(load)
   keep_clean = config.teacher.view == "clean"
 
-  def load_and_shift(positions, rng):
-    offsets = _random_offsets(rng, px, batch_size)[:, host_slice]  # drawn for the global batch
+  def load_and_augment(positions, rng):
+    # Offsets and flips are drawn for the global batch, then sliced, so any host count sees the same.
+    offsets = _random_offsets(rng, px, batch_size)[:, host_slice] if px else None
+    flips = (rng.random(batch_size) < 0.5)[host_slice] if hflip else None
     batch = load(positions)
     clean = {"teacher_image": batch["image"]} if keep_clean else {}
-    return {**batch, **clean, "image": shift(batch["image"], px, offsets)}
+    images = shift(batch["image"], px, offsets) if px else batch["image"]
+    if hflip:
+      images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    return {**batch, **clean, "image": images}
 
-  return ds.random_map(load_and_shift, seed=seed + 1)
+  return ds.random_map(load_and_augment, seed=seed + 1)
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
