@@ -4,10 +4,11 @@ import dataclasses
 import jax.numpy as jnp
 
 from research import losses
+from research.methods.term import Stateless
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoupledKD:
+class DecoupledKD(Stateless):
   """T²·(α·TCKD + β·NCKD), scaled by min(step / warmup_steps, 1)."""
   alpha: float
   beta: float
@@ -15,13 +16,6 @@ class DecoupledKD:
   warmup_steps: int
   student_taps = ("logits",)
   teacher_taps = ("logits",)
-
-  def check(self, student_shapes, teacher_shapes) -> None:
-    del student_shapes, teacher_shapes
-
-  def init(self, rng, student_shapes, teacher_shapes):
-    del rng, student_shapes, teacher_shapes
-    return {}, {}
 
   def __call__(self, adapters, state, student, teacher, context):
     del adapters

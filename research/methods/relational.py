@@ -10,10 +10,11 @@ import jax.numpy as jnp
 
 from research import losses
 from research.errors import UserError
+from research.methods.term import Stateless
 
 
 @dataclasses.dataclass(frozen=True)
-class Attention:
+class Attention(Stateless):
   """Zagoruyko & Komodakis 2017: Σ over tap pairs of the attention-map distance (spatial sizes must match)."""
   student_taps: tuple
   teacher_taps: tuple
@@ -26,10 +27,6 @@ class Attention:
                         f"is {student_shapes[s]} and teacher tap {t!r} is {teacher_shapes[t]}. Pick "
                         "taps of the same resolution in config.method.student_taps / teacher_taps.")
 
-  def init(self, rng, student_shapes, teacher_shapes):
-    del rng, student_shapes, teacher_shapes
-    return {}, {}
-
   def __call__(self, adapters, state, student, teacher, context):
     del adapters, context
     total = sum(jnp.mean(losses.attention_transfer(student[s], teacher[t], self.p))
@@ -38,20 +35,13 @@ class Attention:
 
 
 @dataclasses.dataclass(frozen=True)
-class Relational:
+class Relational(Stateless):
   """RKD (distance + angle), PKT or SP on one tap pair, flattened to (B, features) as needed."""
   kind: str  # rkd | pkt | sp
   student_taps: tuple
   teacher_taps: tuple
   rkd_distance: float = 25.0
   rkd_angle: float = 50.0
-
-  def check(self, student_shapes, teacher_shapes) -> None:
-    del student_shapes, teacher_shapes  # batch relations: any feature sizes compare
-
-  def init(self, rng, student_shapes, teacher_shapes):
-    del rng, student_shapes, teacher_shapes
-    return {}, {}
 
   def __call__(self, adapters, state, student, teacher, context):
     del adapters, context
