@@ -39,10 +39,11 @@ def forward(model, variables, images, taps=(), mutable=(), **apply_kwargs):
   return features, {k: v for k, v in cols.items() if k not in _COLLECTIONS}
 
 
-def available(model, variables, example_shape) -> dict:
-  """{tap name: feature shape without the batch axis} for every tap `model` offers (no compute)."""
+def available(model, variables, example_shape, dtype=jnp.float32) -> dict:
+  """{tap name: feature shape without the batch axis} for every tap `model` offers (no compute).
+  `dtype` is the input's: float images, or integer tokens for language models."""
   def run(v):
-    out, cols = model.apply(v, jnp.zeros((2,) + tuple(example_shape)), train=False,
+    out, cols = model.apply(v, jnp.zeros((2,) + tuple(example_shape), dtype), train=False,
                             mutable=list(_COLLECTIONS), capture_intermediates=True)
     return out, cols
   logits, cols = jax.eval_shape(run, variables)
