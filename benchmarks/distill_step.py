@@ -86,6 +86,15 @@ def step_flops(batch: int) -> int:
   return mlp_flops(TEACHER, batch, backward=False) + mlp_flops(STUDENT, batch, backward=True)
 
 
+def load_average() -> str:
+  """The 1/5/15-minute load averages, to judge how shared the machine was during a run."""
+  return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def verdict(value: float, goal: float) -> str:
+  return "PASS" if value <= goal else "MISS"
+
+
 def machine_description() -> dict:
   """CPU model (with family/model numbers and the vector units that matter), CPUs, affinity."""
   cpu = platform.processor() or "unknown"

@@ -33,7 +33,7 @@ import time
 # Run as a script from a checkout without `pip install -e .`: make the package importable.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill_step import machine_description  # noqa: E402  pylint: disable=wrong-import-position
+from distill_step import load_average as _load, machine_description, verdict  # noqa: E402  pylint: disable=wrong-import-position
 
 CLOCK = [time.perf_counter]
 MEMORY_GOAL, GROWTH_GOAL, TIME_GOAL = 1 / 8, 1.10, 1.15
@@ -55,14 +55,6 @@ def parse_args():
                       help="process: CPU seconds of this process (use with one core, taskset -c 0)")
   parser.add_argument("--json", default="", help="also write the machine and the figures to this JSON file")
   return parser.parse_args()
-
-
-def _load() -> str:
-  return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def verdict(value: float, goal: float) -> str:
-  return "PASS" if value <= goal else "MISS"
 
 
 def make_losses(jax, name: str, chunk: int) -> dict:

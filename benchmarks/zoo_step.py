@@ -45,7 +45,7 @@ import time
 # Run as a script from a checkout without `pip install -e .`: make the package importable.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill_step import machine_description  # noqa: E402  pylint: disable=wrong-import-position
+from distill_step import load_average as _load, machine_description, verdict  # noqa: E402  pylint: disable=wrong-import-position
 
 TEMPERATURE, CE_WEIGHT, KD_WEIGHT, AT_WEIGHT = 4.0, 0.1, 0.9, 1000.0
 STAGES = ("stage1", "stage2", "stage3")
@@ -71,14 +71,6 @@ def parse_args():
                       help="process: CPU seconds of this process (use with one core, taskset -c 0)")
   parser.add_argument("--json", default="", help="also write the machine and the figures to this JSON file")
   return parser.parse_args()
-
-
-def _load() -> str:
-  return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def verdict(value: float, goal: float) -> str:
-  return "PASS" if value <= goal else "MISS"
 
 
 # ------------------------------------------------------------------------------------------ ours
