@@ -86,6 +86,23 @@ def step_flops(batch: int) -> int:
   return mlp_flops(TEACHER, batch, backward=False) + mlp_flops(STUDENT, batch, backward=True)
 
 
+def trainer_steps(jax, train_step, state, teacher_variables, batch):
+  """(run_steps(n), sync(), box): n calls of the trainer's jitted step on one batch, as the trainer
+  makes them (state donated and threaded through); box holds the latest state and metrics."""
+  box = {"state": state, "metrics": None}
+
+  def run_steps(n):
+    state, metrics = box["state"], None
+    for _ in range(n):
+      state, metrics = train_step(state, teacher_variables, batch)
+    box["state"], box["metrics"] = state, metrics
+
+  def sync():
+    jax.block_until_ready((box["state"], box["metrics"]))
+
+  return run_steps, sync, box
+
+
 def load_average() -> str:
   """The 1/5/15-minute load averages, to judge how shared the machine was during a run."""
   return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
@@ -180,16 +197,7 @@ def make_ours(jax, device, batch_size: int):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
-  box = {"state": state, "metrics": None}
-
-  def run_steps(n):
-    state, metrics = box["state"], None
-    for _ in range(n):
-      state, metrics = train_step(state, teacher_variables, batch)  # the jitted call, as the trainer makes it
-    box["state"], box["metrics"] = state, metrics
-
-  def sync():
-    jax.block_until_ready((box["state"], box["metrics"]))
+  run_steps, sync, box = trainer_steps(jax, train_step, state, teacher_variables, batch)
 
   def put_batch():  # what the trainer does with every host batch before the step
     return jax.block_until_ready(engine.put_batch(host_batch))

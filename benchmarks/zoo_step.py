@@ -45,7 +45,7 @@ import time
 # Run as a script from a checkout without `pip install -e .`: make the package importable.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill_step import load_average as _load, machine_description, verdict  # noqa: E402  pylint: disable=wrong-import-position
+from distill_step import load_average as _load, machine_description, trainer_steps, verdict  # noqa: E402  pylint: disable=wrong-import-position
 
 TEMPERATURE, CE_WEIGHT, KD_WEIGHT, AT_WEIGHT = 4.0, 0.1, 0.9, 1000.0
 STAGES = ("stage1", "stage2", "stage3")
@@ -136,16 +136,7 @@ def make_ours(jax, device, pair: Pair, method_overrides: dict, term=None):
   teacher_variables = engine.put_replicated((pair.teacher_variables,))
   batch = engine.put_batch(pair.batch)
   train_step = engine.compile_train(step_lib.make_train_step(pair.student, (pair.teacher,), method, tx))
-  box = {"state": state, "metrics": None}
-
-  def run_steps(n):
-    state, metrics = box["state"], None
-    for _ in range(n):
-      state, metrics = train_step(state, teacher_variables, batch)  # the jitted call, as the trainer makes it
-    box["state"], box["metrics"] = state, metrics
-
-  def sync():
-    jax.block_until_ready((box["state"], box["metrics"]))
+  run_steps, sync, box = trainer_steps(jax, train_step, state, teacher_variables, batch)
 
   run_steps(1)
   sync()
@@ -325,7 +316,8 @@ def take_turns(contenders: dict, args) -> dict:
 
   A contender is (run_steps, sync, steps per timing)."""
   for run, sync, _ in contenders.values():
-    timed(run, sync, args.warmup)
+    if args.warmup:
+      timed(run, sync, args.warmup)
   times = {name: [] for name in contenders}
   names = list(contenders)
   for r in range(args.rounds):  # the order rotates, so no contender always follows the same one

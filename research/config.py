@@ -160,8 +160,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
   return value
 
 
+METHOD_NAMES = ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd")
+
 _CHOICES = {
-    "method.name": ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd"),  # methods.NAMES
+    "method.name": METHOD_NAMES,
     "teacher.view": ("same", "clean"),
     "optimizer.name": ("adam", "sgd"),
     "optimizer.schedule": ("cosine", "constant", "step"),

@@ -11,6 +11,7 @@ import sys
 
 import jax
 import numpy as np
+import scipy.special
 from absl import app, flags, logging
 
 from experiments import report
@@ -76,8 +77,7 @@ def ensemble_accuracy(workdirs) -> float:
   for workdir in workdirs:
     config, model, variables = classification.load_run(workdir)
     logits, labels = classification.predict(model, variables, config.dataset, config.dataset.eval_split)
-    probs = probs + np.exp(logits - logits.max(-1, keepdims=True)) / np.sum(
-        np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)
+    probs = probs + scipy.special.softmax(logits, axis=-1)
   return 100.0 * float(np.mean(np.argmax(probs, -1) == labels))
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from research import config as config_lib
 from research import losses
 from research.errors import UserError
 from research.losses import metric
@@ -139,7 +140,7 @@ def _term(config, student_shapes, teacher_shapes, num_train):
                      config.crd_temperature, config.crd_momentum)
 
 
-NAMES = ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd")
+NAMES = config_lib.METHOD_NAMES
 
 
 def _check_values(config) -> None:

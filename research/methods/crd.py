@@ -7,6 +7,7 @@ the K negatives are random other rows. Banks and CRD's normalisation constants Z
 train state and are checkpointed, so a resumed run continues with the same negatives' history.
 """
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -33,11 +34,10 @@ class Contrastive:
 
   def init(self, rng, student_shapes, teacher_shapes):
     head = nn.Dense(self.dim)
-    flat_size = lambda shape: int(jnp.prod(jnp.asarray(shape)))
     keys = jax.random.split(rng, 4)
     adapters = {
-        "embed_student": head.init(keys[0], jnp.zeros((1, flat_size(student_shapes[self.student_taps[0]]))))["params"],
-        "embed_teacher": head.init(keys[1], jnp.zeros((1, flat_size(teacher_shapes[self.teacher_taps[0]]))))["params"],
+        "embed_student": head.init(keys[0], jnp.zeros((1, math.prod(student_shapes[self.student_taps[0]]))))["params"],
+        "embed_teacher": head.init(keys[1], jnp.zeros((1, math.prod(teacher_shapes[self.teacher_taps[0]]))))["params"],
     }
     state = {"memory_student": contrastive.init_memory(keys[2], self.num_data, self.dim),
              "memory_teacher": contrastive.init_memory(keys[3], self.num_data, self.dim),
