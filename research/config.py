@@ -11,17 +11,26 @@ from typing import Any
 import ml_collections
 
 from research.errors import UserError
+from research.losses import sequence
 
 
 def model_defaults() -> ml_collections.ConfigDict:
   """A model: `name` picks the architecture, the rest are its hyper-parameters."""
   return ml_collections.ConfigDict(dict(
-      name="mlp",            # mlp | cnn | resnet | a CIFAR-family name (research/models: NAMES)
+      name="mlp",            # mlp | cnn | resnet | decoder | a CIFAR-family name (research/models: NAMES)
       widths=(1200, 1200),   # mlp hidden widths; cnn/resnet channels per stage (CIFAR family: fixed)
       num_classes=10,
       dropout_input=0.0,     # mlp only
       dropout_hidden=0.0,
       blocks_per_stage=1,    # resnet: residual blocks per stage; cnn: convs per stage
+      # decoder (Llama-style LM, research/models/decoder.py):
+      vocab_size=0,          # 0 = the dataset tokenizer's vocabulary; more (padding) is allowed
+      dim=64,
+      depth=2,
+      num_heads=4,
+      num_kv_heads=4,        # < num_heads: grouped-query attention
+      mlp_dim=256,           # SwiGLU hidden width
+      tie_embeddings=False,
   ))
 
 
@@ -52,6 +61,17 @@ def method_defaults() -> ml_collections.ConfigDict:
       triplet_weight=0.0,    # batch-hard triplet loss on the logits used as an embedding
       triplet_margin=0.2,
       mixup=0.0,             # mixup ratio ~ Beta(mixup, mixup), one per step; 0 = off (Beyer: 1.0)
+      # Language models (method token_kd): kd_weight · divergence(student ‖ teacher) per token.
+      divergence="forward_kl",   # forward_kl | reverse_kl | jsd | skew_forward_kl | skew_reverse_kl | tvd
+      jsd_beta=0.5,              # GKD's generalised JSD(β); 0 / 1 are the forward / reverse KL ends
+      skew_alpha=0.1,            # DistiLLM's skew α
+      chunk_size=0,              # > 0: the divergence in chunks of this many tokens (memory); 0 = whole
+      on_policy_fraction=0.0,    # GKD's λ: probability that a step's completions are the student's samples
+      sample_temperature=1.0,    # the student's sampling (on-policy steps)
+      sample_top_k=0,
+      sample_top_p=1.0,
+      replay_size=0,             # DistiLLM: student samples kept, in global batches; 0 = always fresh
+      replay_fresh=1.0,          # probability that an on-policy step samples afresh (else replays)
   ))
 
 
@@ -69,12 +89,19 @@ def defaults() -> ml_collections.ConfigDict:
           hflip=False,             # random horizontal flips of training images (CIFAR recipes)
           in_memory=True,          # decode the whole split once; set False for large datasets
           download=True,           # allow TFDS to download a dataset that is not prepared
+          # text datasets (research/data/text.py):
+          tokenizer="byte",        # byte | path to a `tokenizers` tokenizer.json
+          seq_len=128,             # tokens per row
+          prompt_len=0,            # > 0: prompt/completion rows, the prompt left-padded to this width
+          overflow="error",        # error | truncate: a prompt or completion longer than its columns
       ),
       batch_size=128,              # global, over all devices and hosts
       eval_batch_size=1000,
       num_epochs=1.0,
       num_steps=-1,                # > 0 overrides num_epochs
       model=model_defaults(),
+      init_from="",                # workdir of a finished run whose variables start the student
+                                   # (same architecture; e.g. an SFT warm start before on-policy KD)
       teacher=dict(
           checkpoint="",           # workdir (or its checkpoints/ folder) of a finished teacher run; '' = none
           model=model_defaults(),
@@ -160,7 +187,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
   return value
 
 
-METHOD_NAMES = ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd")
+METHOD_NAMES = ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd", "token_kd")
+DIVERGENCES = sequence.NAMES
 
 _CHOICES = {
     "method.name": METHOD_NAMES,
@@ -168,6 +196,8 @@ _CHOICES = {
     "optimizer.name": ("adam", "sgd"),
     "optimizer.schedule": ("cosine", "constant", "step"),
     "parallel.mode": ("shard_map", "pmap"),
+    "method.divergence": DIVERGENCES,
+    "dataset.overflow": ("error", "truncate"),
 }
 
 

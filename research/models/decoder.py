@@ -9,11 +9,19 @@ output is zero, so its logits depend only on its own token (and should be masked
 Submodules keep flax's CamelCase names (Embed_0, Block_0, RMSNorm_0, Dense_0); lower-case names
 are the feature taps: "block1".."blockN" (each block's output, (B, L, dim)) and "penultimate"
 (the final RMSNorm's output, the unembedding's input, (B, L, dim)).
+
+Incremental decoding uses an explicit key/value cache (a plain pytree, no mutable collection):
+`model.init_cache(batch, max_len)` makes an empty one and
+`model.apply(variables, tokens, segment_ids, positions, cache=cache, cache_index=i)` writes the
+chunk's keys/values (already RoPE-rotated) and segment ids at columns [i, i + L) and returns
+(logits, new_cache). The chunk's queries see cache columns ≤ their own, of their segment, not
+empty (segment 0), so prefill + one-token steps give the full forward pass's logits.
 """
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from research.models.common import tap
@@ -59,6 +67,17 @@ def attention_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
   return (causal & same & real_key)[:, None]
 
 
+def cache_mask(segment_ids: jnp.ndarray, key_segment_ids: jnp.ndarray, index) -> jnp.ndarray:
+  """The chunk (B, L) written at cache columns [index, index + L) of a cache whose key segments
+  (already updated) are (B, S) → (B, 1, L, S): key column ≤ query column, same segment, key not
+  empty."""
+  length, size = segment_ids.shape[1], key_segment_ids.shape[1]
+  causal = jnp.arange(size)[None, :] <= index + jnp.arange(length)[:, None]
+  same = segment_ids[:, :, None] == key_segment_ids[:, None, :]
+  real_key = (key_segment_ids != 0)[:, None, :]
+  return (causal[None] & same & real_key)[:, None]
+
+
 class Attention(nn.Module):
   """Grouped-query causal self-attention: num_heads query heads share num_kv_heads key/value
   heads (query head h uses kv head h // (num_heads / num_kv_heads)); no biases."""
@@ -68,7 +87,10 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, kv=None, index=None):
+    """`kv` = None, or this layer's cache {"keys", "values"} (B, S, kv_heads, head_dim): the new
+    keys/values are written at column `index`, attention runs over all S columns (`mask` is
+    then (B, 1, L, S)) and the result is (output, new kv)."""
     batch, length, dim = x.shape
     head_dim = dim // self.num_heads
     dense = lambda n: nn.Dense(n, use_bias=False, dtype=self.dtype)
@@ -76,6 +98,12 @@ class Attention(nn.Module):
     k = dense(self.num_kv_heads * head_dim)(x).reshape(batch, length, self.num_kv_heads, head_dim)
     v = dense(self.num_kv_heads * head_dim)(x).reshape(batch, length, self.num_kv_heads, head_dim)
     q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
+    if kv is not None:
+      zero = jnp.zeros_like(index)  # dynamic_update_slice wants one index dtype
+      write = lambda buf, new: lax.dynamic_update_slice(
+          buf, new.astype(buf.dtype), (zero, index, zero, zero))
+      kv = {"keys": write(kv["keys"], k), "values": write(kv["values"], v)}
+      k, v = kv["keys"].astype(self.dtype), kv["values"].astype(self.dtype)
     group = self.num_heads // self.num_kv_heads
     q = q.reshape(batch, length, self.num_kv_heads, group, head_dim)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
@@ -86,7 +114,8 @@ class Attention(nn.Module):
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jnp.where(mask, nn.softmax(scores, axis=-1), 0).astype(self.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, length, dim)
-    return dense(dim)(out)
+    out = dense(dim)(out)
+    return out if kv is None else (out, kv)
 
 
 class Block(nn.Module):
@@ -99,14 +128,19 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, kv=None, index=None):
+    """Returns the block's output, or (output, new kv) when given a layer cache `kv`."""
     norm = lambda: nn.RMSNorm(RMS_EPSILON, dtype=self.dtype)
-    x = x + Attention(self.num_heads, self.num_kv_heads, self.rope_base, self.dtype)(
-        norm()(x), positions, mask)
+    attended = Attention(self.num_heads, self.num_kv_heads, self.rope_base, self.dtype)(
+        norm()(x), positions, mask, kv, index)
+    if kv is not None:
+      attended, kv = attended
+    x = x + attended
     y = norm()(x)
     dense = lambda n: nn.Dense(n, use_bias=False, dtype=self.dtype)
     gate, up = dense(self.mlp_dim)(y), dense(self.mlp_dim)(y)  # W1, W3
-    return x + dense(x.shape[-1])(nn.silu(gate) * up)          # W2
+    out = x + dense(x.shape[-1])(nn.silu(gate) * up)            # W2
+    return out if kv is None else (out, kv)
 
 
 class DecoderLM(nn.Module):
@@ -126,29 +160,60 @@ class DecoderLM(nn.Module):
     check_config(self.dim, self.num_heads, self.num_kv_heads)  # fail at construction, not at init
     super().__post_init__()
 
+  def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> dict:
+    """An empty cache for `batch` rows of up to `max_len` tokens: {"segment_ids": (B, S) int32
+    zeros (0 = empty: masked out), "layers": one {"keys", "values"} (B, S, num_kv_heads,
+    head_dim) of zeros per block}. Callable on an unbound model (needs no parameters)."""
+    head_dim = check_config(self.dim, self.num_heads, self.num_kv_heads)
+    shape = (batch, max_len, self.num_kv_heads, head_dim)
+    layer = lambda: {"keys": jnp.zeros(shape, dtype), "values": jnp.zeros(shape, dtype)}
+    return {"segment_ids": jnp.zeros((batch, max_len), jnp.int32),
+            "layers": tuple(layer() for _ in range(self.depth))}
+
   @nn.compact
   def __call__(self, tokens: jnp.ndarray, segment_ids: Optional[jnp.ndarray] = None,
-               positions: Optional[jnp.ndarray] = None, train: bool = False) -> jnp.ndarray:
+               positions: Optional[jnp.ndarray] = None, train: bool = False,
+               cache: Optional[dict] = None, cache_index=None):
+    """Logits (B, L, V); with a `cache` (see init_cache) the chunk goes to cache columns
+    [cache_index, cache_index + L) (cache_index may be traced) and the result is
+    (logits, new_cache). With a cache, `positions` must be given (they continue the prompt's)."""
     del train  # no dropout; kept for the models' common signature
     if segment_ids is None:
       segment_ids = jnp.ones(tokens.shape, jnp.int32)
     if positions is None:
+      if cache is not None:
+        raise ValueError("positions are required with a cache (they continue the prefix's).")
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    mask = attention_mask(segment_ids)
+    if cache is None:
+      mask = attention_mask(segment_ids)
+    else:
+      index = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
+      key_segments = lax.dynamic_update_slice(
+          cache["segment_ids"], segment_ids.astype(jnp.int32), (jnp.zeros_like(index), index))
+      mask = cache_mask(segment_ids, key_segments, index)
+      layers = []
     # Std 1/sqrt(dim): tied logits (unit-RMS features · embedding rows) start with unit scale,
     # like the untied Dense's lecun init; the input side is RMS-normalised anyway.
     embed = nn.Embed(self.vocab_size, self.dim, dtype=self.dtype,
                      embedding_init=nn.initializers.normal(self.dim ** -0.5))
     x = embed(tokens)
     for i in range(self.depth):
-      x = Block(self.num_heads, self.num_kv_heads, self.mlp_dim, self.rope_base, self.dtype)(
-          x, positions, mask)
+      block = Block(self.num_heads, self.num_kv_heads, self.mlp_dim, self.rope_base, self.dtype)
+      if cache is None:
+        x = block(x, positions, mask)
+      else:
+        x, kv = block(x, positions, mask, cache["layers"][i], index)
+        layers.append(kv)
       tap(self, f"block{i + 1}", x)
     x = nn.RMSNorm(RMS_EPSILON, dtype=self.dtype)(x)
     tap(self, "penultimate", x)
     if self.tie_embeddings:
-      return embed.attend(x)
-    return nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype)(x)
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype)(x)
+    if cache is None:
+      return logits
+    return logits, {"segment_ids": key_segments, "layers": tuple(layers)}
 
 
 def param_count(vocab_size: int, dim: int, depth: int, num_heads: int, num_kv_heads: int,

@@ -96,9 +96,11 @@ def check_compatible(saved, expected, what: str, fix: str) -> None:
     raise UserError(f"{what} has parameters the configured model lacks, e.g. {extra[0]}. Fix {fix}.")
 
 
-def load_model_variables(path: str, model, example_shape: tuple, what: str = "teacher") -> dict:
-  """`load_variables` for `model` on inputs of `example_shape`: the expected shapes come from its init."""
-  expected = jax.eval_shape(lambda: init_variables(model, example_shape, jax.random.PRNGKey(0)))
+def load_model_variables(path: str, model, example_shape: tuple, what: str = "teacher",
+                         dtype=np.float32) -> dict:
+  """`load_variables` for `model` on inputs of `example_shape` and `dtype`: the expected shapes
+  come from its init."""
+  expected = jax.eval_shape(lambda: init_variables(model, example_shape, jax.random.PRNGKey(0), dtype))
   return load_variables(path, expected, what)
 
 

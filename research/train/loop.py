@@ -17,10 +17,10 @@ from absl import logging
 
 from research import config as config_lib
 from research import methods, models
-from research.data import pipeline
+from research.data import pipeline, text
 from research.errors import UserError
-from research.methods import taps
-from research.train import checkpoint, optimizer, parallel, step as step_lib
+from research.methods import lm, taps
+from research.train import checkpoint, lm_step, optimizer, parallel, step as step_lib
 from research.train.metrics import MetricWriter, Progress
 from research.train.state import TrainState, init_variables
 
@@ -58,11 +58,28 @@ def _write_config(config, workdir: pathlib.Path) -> None:
     (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
 
 
-def _teacher_models(config) -> tuple:
+class _Modality:
+  """What differs between image classification and language modelling: the data module
+  (research/data/pipeline.py or text.py), the input dtype, the method and the steps."""
+
+  def __init__(self, config):
+    self.is_text = text.is_text(config.dataset)
+    self.data = text if self.is_text else pipeline
+    self.dtype = np.int32 if self.is_text else np.float32
+    self.vocab_size = text.tokenizer(config.dataset).vocab_size if self.is_text else 0
+    is_decoder = config.model.name == "decoder"
+    if self.is_text != is_decoder:
+      raise UserError(f"Dataset '{config.dataset.name}' holds {'text' if self.is_text else 'images'} "
+                      f"but config.model.name={config.model.name!r} is "
+                      f"{'an image model' if is_decoder is False else 'a language model'}: use "
+                      f"{'model.name=decoder' if self.is_text else 'an image model'} with this dataset.")
+
+
+def _teacher_models(config, vocab_size: int = 0) -> tuple:
   """The teacher models: config.teacher.model, then each ensemble member's model from its run's config.json."""
   if not config.teacher.checkpoint:
     return ()
-  models_ = [models.build(config.teacher.model)]
+  models_ = [models.build(config.teacher.model, vocab_size)]
   for member in config.teacher.ensemble:
     path = pathlib.Path(member).expanduser() / "config.json"
     if not path.exists():
@@ -72,7 +89,7 @@ def _teacher_models(config) -> tuple:
   return tuple(models_)
 
 
-def _load_teachers(config, teachers, workdir: pathlib.Path, example_shape, engine) -> tuple:
+def _load_teachers(config, teachers, workdir: pathlib.Path, example_shape, engine, dtype) -> tuple:
   """Every teacher's variables, read-only, replicated over the devices."""
   variables = []
   for teacher, path in zip(teachers, (config.teacher.checkpoint,) + tuple(config.teacher.ensemble)):
@@ -80,13 +97,30 @@ def _load_teachers(config, teachers, workdir: pathlib.Path, example_shape, engin
     if teacher_path == workdir or workdir in teacher_path.parents:
       raise UserError(f"The teacher checkpoint {teacher_path} lies inside the student's --workdir; "
                       "the teacher must live in its own workdir (it is read-only here).")
-    variables.append(checkpoint.load_model_variables(str(teacher_path), teacher, example_shape, "teacher"))
+    variables.append(checkpoint.load_model_variables(str(teacher_path), teacher, example_shape, "teacher",
+                                                     dtype))
   return engine.put_replicated(tuple(variables))
 
 
-def _shapes(model, example_shape) -> dict:
-  variables = jax.eval_shape(lambda: init_variables(model, example_shape, jax.random.PRNGKey(0)))
-  return taps.available(model, variables, example_shape)
+def _shapes(model, example_shape, dtype=np.float32) -> dict:
+  variables = jax.eval_shape(lambda: init_variables(model, example_shape, jax.random.PRNGKey(0), dtype))
+  return taps.available(model, variables, example_shape, dtype)
+
+
+def _check_language_models(config, student, teachers) -> None:
+  """Start-up checks of a language-model run: one teacher with the student's vocabulary, and
+  prompts to sample from when the method samples."""
+  if config.teacher.ensemble:
+    raise UserError("config.teacher.ensemble is for image classifiers; language-model runs take one "
+                    "teacher (config.teacher.checkpoint).")
+  if teachers and teachers[0].vocab_size != student.vocab_size:
+    raise UserError(f"The teacher's vocabulary ({teachers[0].vocab_size} tokens) differs from the "
+                    f"student's ({student.vocab_size}): cross-tokenizer distillation is not supported. "
+                    "Give both config.model.vocab_size and config.teacher.model.vocab_size the same "
+                    "value (0 = the dataset tokenizer's).")
+  if config.method.on_policy_fraction and config.dataset.prompt_len <= 0:
+    raise UserError("config.method.on_policy_fraction > 0 samples completions from prompts, but "
+                    "config.dataset.prompt_len=0 (plain text rows); set dataset.prompt_len > 0.")
 
 
 def _log_train(writer, progress, step: int, metrics) -> None:
@@ -99,10 +133,12 @@ def _log_train(writer, progress, step: int, metrics) -> None:
   progress.log(step, metrics)
 
 
-def evaluate(engine, eval_step, variables, dataset_config, split: str, batch_size: int) -> dict:
-  """Accuracy, errors, loss and count of the model over the whole `split` (exact, padded batches)."""
+def evaluate(engine, eval_step, variables, dataset_config, split: str, batch_size: int,
+             data=pipeline) -> dict:
+  """Accuracy, errors, loss and count of the model over the whole `split` (exact, padded batches);
+  for language models per target token: next-token accuracy and NLL (nats)."""
   totals = None
-  for batch in pipeline.eval_batches(dataset_config, split, batch_size):
+  for batch in data.eval_batches(dataset_config, split, batch_size):
     sums = eval_step(variables, engine.put_batch(batch))
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
   totals = jax.device_get(totals)
@@ -120,21 +156,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   engine = parallel.make_engine(config.parallel.mode, devices)
   parallel.check_batch_size(config.batch_size, engine.num_devices)
   parallel.check_batch_size(config.eval_batch_size, engine.num_devices, "eval_batch_size")
-  methods.build(config.method)  # the method's own settings, before any data is read
-  student = models.build(config.model)
-  example_shape = pipeline.example_shape(config.dataset)
+  modality = _Modality(config)
+  data = modality.data
+  build_method = lm.build if modality.is_text else methods.build
+  build_method(config.method)  # the method's own settings, before any data is read
+  student = models.build(config.model, modality.vocab_size)
+  example_shape = data.example_shape(config.dataset)
   if config.teacher.checkpoint and config.method.name == "supervised":
     raise UserError(f"method '{config.method.name}' does not use a teacher; remove "
                     f"config.teacher.checkpoint={config.teacher.checkpoint!r} or pick a distillation method.")
   if config.teacher.ensemble and config.method.name != "hinton_kd":
     raise UserError("config.teacher.ensemble averages the teachers' probabilities, which only "
                     f"method 'hinton_kd' uses; method '{config.method.name}' takes one teacher.")
-  teachers = _teacher_models(config)
-  num_train = pipeline.num_train_examples(config)
-  student_shapes = _shapes(student, example_shape)
-  teacher_shapes = _shapes(teachers[0], example_shape) if teachers else {}
-  method = methods.build(config.method, student_shapes, teacher_shapes, num_train)
-  teacher_variables = _load_teachers(config, teachers, workdir, example_shape, engine)
+  teachers = _teacher_models(config, modality.vocab_size)
+  num_train = data.num_train_examples(config)
+  if modality.is_text:
+    _check_language_models(config, student, teachers)
+    method = lm.build(config.method)
+    student_shapes = teacher_shapes = {}
+  else:
+    student_shapes = _shapes(student, example_shape)
+    teacher_shapes = _shapes(teachers[0], example_shape) if teachers else {}
+    method = methods.build(config.method, student_shapes, teacher_shapes, num_train)
+  teacher_variables = _load_teachers(config, teachers, workdir, example_shape, engine, modality.dtype)
+  init_from = {}
+  if config.init_from:  # read-only, like a teacher; checked against the student's architecture
+    init_from = checkpoint.load_model_variables(str(pathlib.Path(config.init_from).expanduser()), student,
+                                                example_shape, "init_from run", modality.dtype)
   if (workdir / "results.json").exists() and _same_config(config, workdir):
     logging.info("%s is finished; returning its results.json.", workdir)
     return json.loads((workdir / "results.json").read_text())
@@ -145,11 +193,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _write_config(config, workdir)
 
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  adapters, method_state = method.init(jax.random.fold_in(init_rng, 1), student_shapes, teacher_shapes)
-  host_state = jax.device_get(TrainState.create(init_variables(student, example_shape, init_rng), tx,
-                                                state_rng, adapters, method_state))
+  if modality.is_text:
+    adapters, method_state = {}, method.init_state(config.batch_size, config.dataset.seq_len)
+  else:
+    adapters, method_state = method.init(jax.random.fold_in(init_rng, 1), student_shapes, teacher_shapes)
+  variables = {**init_variables(student, example_shape, init_rng, modality.dtype), **init_from}
+  host_state = jax.device_get(TrainState.create(variables, tx, state_rng, adapters, method_state))
   ckpt = checkpoint.Checkpointer(str(workdir), config.keep_checkpoints)
-  train_data = pipeline.train_dataset(config, config.batch_size, seed=config.seed).to_iter_dataset(
+  train_data = data.train_dataset(config, config.batch_size, seed=config.seed).to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))
   train_iter = iter(train_data)
   if ckpt.latest_step() is not None:
@@ -159,10 +210,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first_step = int(host_state.step)
   state = engine.put_replicated(host_state)
 
-  train_step = engine.compile_train(step_lib.make_train_step(student, teachers, method, tx))
-  eval_step = engine.compile_eval(step_lib.make_eval_step(student))
+  if modality.is_text:
+    tokenizer = text.tokenizer(config.dataset)
+    train_step = engine.compile_train(lm_step.make_train_step(
+        student, teachers[0] if teachers else None, method, tx, config.dataset.prompt_len,
+        tokenizer.pad_id, tokenizer.eos_id))
+    eval_step = engine.compile_eval(lm_step.make_eval_step(student))
+  else:
+    train_step = engine.compile_train(step_lib.make_train_step(student, teachers, method, tx))
+    eval_step = engine.compile_eval(step_lib.make_eval_step(student))
   run_eval = lambda variables: evaluate(engine, eval_step, variables, config.dataset,
-                                        config.dataset.eval_split, config.eval_batch_size)
+                                        config.dataset.eval_split, config.eval_batch_size, data)
   writer = MetricWriter(str(workdir))
   progress = Progress(first_step, total_steps)
   logging.info("Training %s for %d steps (%d per epoch) on %d devices (%s), from step %d.",

@@ -36,7 +36,9 @@ class TrainState:
     return state.replace(opt_state=tx.init(state.trainable()))
 
 
-def init_variables(model, example_shape: tuple, rng: jnp.ndarray) -> dict:
-  """Initialises a model's variables from one dummy example of shape `example_shape`."""
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1,) + tuple(example_shape)), train=False))(rng)
+def init_variables(model, example_shape: tuple, rng: jnp.ndarray, dtype=jnp.float32) -> dict:
+  """Initialises a model's variables from one dummy example of shape `example_shape` and `dtype`
+  (float images, or int32 tokens for language models)."""
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1,) + tuple(example_shape), dtype),
+                                           train=False))(rng)
   return {name: value for name, value in variables.items() if name not in _RECORDED}

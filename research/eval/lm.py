@@ -1,0 +1,99 @@
+"""Evaluate language-model students the way the LM distillation papers do.
+
+- `load_run(workdir)`: a finished run's (config, model, variables), read-only.
+- `complete(...)`: the model's completions of a split's prompts (sampled, greedy or beam), in the
+  token-row layout of research/data/text.py (the completion columns replaced).
+- `score(...)`: per-row sum of −log p(token) under a model over the rows' trained tokens: with the
+  teacher as the scorer this is GKD's "teacher-scored NLL" of student samples.
+- `distinct_n(...)`: the fraction of distinct n-grams among all n-grams of the completions, so a
+  student that wins the NLL by repeating one likely phrase is seen (GKD reports it too).
+"""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import config as config_lib
+from research import models, sampling
+from research.data import text
+from research.train import checkpoint
+
+
+def load_run(workdir: str):
+  """Returns (config, model, variables) of the language-model run in `workdir`, read-only."""
+  config = config_lib.resolve(json.loads((pathlib.Path(workdir) / "config.json").read_text()))
+  model = models.build(config.model, text.tokenizer(config.dataset).vocab_size)
+  variables = checkpoint.load_model_variables(workdir, model, text.example_shape(config.dataset),
+                                              what="run", dtype=np.int32)
+  return config, model, variables
+
+
+def _batches(rows: dict, batch_size: int):
+  """Rows in order, in batches of `batch_size` (the last padded with copies of row 0), with the
+  number of real rows in each."""
+  n = len(rows["tokens"])
+  for start in range(0, n, batch_size):
+    index = np.arange(start, start + batch_size)
+    real = int(np.sum(index < n))
+    index = np.where(index < n, index, 0)
+    yield {k: v[index] for k, v in rows.items()}, real
+
+
+def complete(model, variables, rows: dict, prompt_len: int, rng, eos_id: int, pad_id: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 0,
+             batch_size: int = 64) -> dict:
+  """The model's completions of the prompts in `rows` (N, L): the same layout and width, columns
+  ≥ prompt_len generated; temperature 0 = greedy; beam_size > 0 = beam search (no sampling)."""
+  length = rows["tokens"].shape[1]
+  new_tokens = length - prompt_len
+
+  @jax.jit
+  def run(prompt, keys):
+    args = (model, variables, prompt["tokens"], prompt["segment_ids"], prompt["positions"])
+    if beam_size:
+      return sampling.beam_search(*args, beam_size=beam_size, max_new_tokens=new_tokens, stop_id=eos_id,
+                                  pad_id=pad_id)
+    return sampling.generate(*args, keys, new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             stop_id=eos_id, pad_id=pad_id)
+
+  outputs = {k: [] for k in ("tokens", "segment_ids", "positions", "loss_mask")}
+  for number, (batch, real) in enumerate(_batches(rows, batch_size)):
+    prompt = {k: jnp.asarray(batch[k][:, :prompt_len]) for k in ("tokens", "segment_ids", "positions")}
+    keys = sampling.row_keys(jax.random.fold_in(rng, number), batch_size)
+    out = jax.device_get(run(prompt, keys))
+    for k in outputs:
+      outputs[k].append(np.asarray(out[k])[:real])
+  return {k: np.concatenate(v).astype(rows[k].dtype) for k, v in outputs.items()}
+
+
+def score(model, variables, rows: dict, batch_size: int = 64) -> tuple:
+  """(NLL sum per row, trained tokens per row) of `rows` under `model`: Σ −log p(tokens[t] | <t)
+  over positions with loss_mask 1, in nats."""
+
+  @jax.jit
+  def nll(batch):
+    logits = model.apply(variables, batch["tokens"], batch["segment_ids"], batch["positions"])
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    token_nll = -jnp.take_along_axis(log_probs, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
+    mask = batch["loss_mask"][:, 1:]
+    return jnp.sum(jnp.where(mask > 0, token_nll * mask, 0), axis=1), jnp.sum(mask, axis=1)
+
+  sums, counts = [], []
+  for batch, real in _batches(rows, batch_size):
+    total, count = jax.device_get(nll({k: jnp.asarray(v) for k, v in batch.items()}))
+    sums.append(total[:real])
+    counts.append(count[:real])
+  return np.concatenate(sums), np.concatenate(counts)
+
+
+def completion_tokens(rows: dict) -> list:
+  """Each row's trained (generated) tokens, as lists of ids."""
+  return [list(t[m > 0]) for t, m in zip(rows["tokens"], rows["loss_mask"])]
+
+
+def distinct_n(sequences: list, n: int = 4) -> float:
+  """Distinct n-grams / all n-grams over `sequences` (lists of ids); 0 if there are none."""
+  grams = [tuple(s[i:i + n]) for s in sequences for i in range(len(s) - n + 1)]
+  return len(set(grams)) / len(grams) if grams else 0.0
