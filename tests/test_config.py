@@ -40,7 +40,7 @@ def test_resolved_config_is_frozen():
 @pytest.mark.parametrize("overrides,key", [
     (dict(learning_rate=0.1), "learning_rate"),
     (dict(optimizer=dict(learning_rate=0.1)), "optimizer.learning_rate"),
-    (dict(teacher=dict(model=dict(depth=3))), "teacher.model.depth"),
+    (dict(teacher=dict(model=dict(layers=3))), "teacher.model.layers"),
     (dict(dataset=dict(nmae="digits")), "dataset.nmae"),
 ])
 def test_unknown_key_is_rejected_by_name(overrides, key):
