@@ -297,3 +297,14 @@ def test_bad_config_raises(changes, message):
     DecoderLM(**{**TINY, **changes})
   with pytest.raises(ValueError, match=message):
     decoder.param_count(**{**TINY, **changes})
+
+
+def test_named_sizes_span_cpu_tests_to_a_billion_parameters():
+  """The sizes' parameter counts (by formula, checked against init for the CPU ones above)."""
+  counts = {name: decoder.param_count(**size) for name, size in decoder.SIZES.items()}
+  assert counts["tiny"] == 75_792 and counts["small"] == 804_736
+  assert 1.0e9 < counts["1b"] < 1.1e9 and 2.8e9 < counts["3b"] < 3.0e9
+  for name in ("tiny", "small"):
+    model = decoder.DecoderLM(**decoder.SIZES[name])
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == counts[name]

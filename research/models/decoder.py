@@ -241,3 +241,18 @@ def flops_per_token(vocab_size: int, dim: int, depth: int, num_heads: int, num_k
   layer = 2 * dim * dim + 2 * dim * num_kv_heads * head_dim + 3 * dim * mlp_dim
   matmul = depth * layer + dim * vocab_size
   return 2 * matmul + depth * 2 * 2 * context_length * dim
+
+
+# Named sizes for configs (`dict(name="decoder", **SIZES["1b"])`), parameter counts by param_count.
+# The CPU sizes run in tests and small-scale reproductions (byte vocabulary); the large ones are for
+# GPU/TPU full-scale configs (a 32k-token tokenizer.json; Llama-like shapes, GQA, tied embeddings).
+SIZES = {
+    "tiny": dict(vocab_size=259, dim=48, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=128),     # 75,792
+    "small": dict(vocab_size=259, dim=128, depth=4, num_heads=4, num_kv_heads=2, mlp_dim=352),   # 804,736
+    "100m": dict(vocab_size=32000, dim=768, depth=12, num_heads=12, num_kv_heads=4, mlp_dim=2048,
+                 tie_embeddings=True),                                                           # 100.1 M
+    "1b": dict(vocab_size=32000, dim=2048, depth=16, num_heads=32, num_kv_heads=8, mlp_dim=8192,
+               tie_embeddings=True),                                                             # 1.04 B
+    "3b": dict(vocab_size=32000, dim=3072, depth=28, num_heads=24, num_kv_heads=8, mlp_dim=8192,
+               tie_embeddings=True),                                                             # 2.92 B
+}
