@@ -14,6 +14,12 @@ text was written by the teacher, experiments/label_with_teacher.py). With `repla
 on-policy step samples afresh only with probability `replay_fresh` and otherwise reuses a stored
 global batch of earlier student samples (DistiLLM's off-policy replay, which saves generation
 calls); the buffer lives in the train state's method_state and is checkpointed.
+
+Simplifications, stated: "MiniLLM" here is the token-level reverse KL on the student's samples
+(GKD's on-policy reverse KL), not MiniLLM's sequence-level policy gradient with its variance-
+reduction tricks; DistiLLM's adaptive schedule of the on-policy probability (raised when the
+validation loss rises) is a fixed `on_policy_fraction` here, with `replay_fresh` setting how often
+the buffer is refreshed.
 """
 import dataclasses
 
