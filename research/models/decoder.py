@@ -108,12 +108,13 @@ class Attention(nn.Module):
     q = q.reshape(batch, length, self.num_kv_heads, group, head_dim)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
     scores = scores / np.sqrt(head_dim)
-    # mask (B, 1, L, L) → (B, 1, 1, L, L). Zeroing after the softmax changes nothing for rows
-    # with a visible key and gives a padding query (no visible key) zero weights, not 0/0.
-    mask = mask[:, :, None]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jnp.where(mask, nn.softmax(scores, axis=-1), 0).astype(self.dtype)
+    # mask (B, 1, L, S) → (B, 1, 1, L, S). A padding query (no visible key) gets uniform weights
+    # here, not 0/0; its output is zeroed below, per query, rather than by re-masking the (L, S)
+    # weights after the softmax (a second pass over the largest tensor, in forward and backward).
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    weights = nn.softmax(scores, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, length, dim)
+    out = jnp.where(jnp.any(mask, axis=-1)[:, 0, :, None], out, 0)
     out = dense(dim)(out)
     return out if kv is None else (out, kv)
 
