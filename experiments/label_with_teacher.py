@@ -12,11 +12,10 @@ TFDS writes into a temporary folder and renames it when done, so a failed run le
 """
 import sys
 
-import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
-from research.data import builders, text
+from research.data import builders
 from research.errors import UserError
 from research.eval import lm as lm_eval
 
@@ -51,28 +50,23 @@ def label(teacher_workdir: str, output: str, split: str = "", decode: str = "bea
   dataset = ml_collections.ConfigDict(config.dataset.to_dict())
   dataset.data_dir = data_dir or dataset.data_dir
   data_dir = dataset.data_dir or builders.default_data_dir()
-  if _exists(output, data_dir):
+  if exists(output, data_dir):
     raise UserError(f"Dataset '{output}' already exists in {data_dir}; pick another --output or delete it.")
   if dataset.prompt_len <= 0:
     raise UserError(f"The teacher run's dataset '{dataset.name}' has no prompts (dataset.prompt_len=0); "
                     "sequence-level KD labels prompt/completion datasets.")
-  split = split or dataset.train_split
-  rows = text.rows(dataset, split)
-  pairs = text.prompts(dataset, split)
-  tokenizer = text.tokenizer(dataset)
-  out = lm_eval.complete(model, variables, rows, dataset.prompt_len, jax.random.PRNGKey(seed),
-                         tokenizer.eos_id, tokenizer.pad_id,
-                         temperature=0.0 if decode == "greedy" else temperature,
-                         beam_size=beam_size if decode == "beam" else 0, batch_size=batch_size)
-  examples = []
-  for (prompt, reference), ids in zip(pairs, lm_eval.completion_tokens(out)):
-    ids = [int(i) for i in ids if i != tokenizer.eos_id]
-    examples.append({"prompt": prompt, "completion": tokenizer.decode(ids), "reference": reference})
+  pairs, outputs = lm_eval.decode_texts(model, variables, dataset, split or dataset.train_split, seed=seed,
+                                        batch_size=batch_size,
+                                        temperature=0.0 if decode == "greedy" else temperature,
+                                        beam_size=beam_size if decode == "beam" else 0)
+  examples = [{"prompt": prompt, "completion": output, "reference": reference}
+              for (prompt, reference), output in zip(pairs, outputs)]
   _builder_class(output, examples)(data_dir=data_dir, file_format="array_record").download_and_prepare()
   return len(examples)
 
 
-def _exists(name: str, data_dir: str) -> bool:
+def exists(name: str, data_dir: str) -> bool:
+  """Whether dataset `name` is prepared in `data_dir`."""
   try:
     return tfds.builder(name, data_dir=data_dir).is_prepared()
   except Exception:  # pylint: disable=broad-except  # not registered and not on disk

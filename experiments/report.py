@@ -1,6 +1,13 @@
-"""Writing a reproduction's results: results.json, the markdown table and the PNG plot."""
+"""What every reproduction script shares: its common flags, its main, and writing its results
+(results.json, the markdown table and the PNG plot)."""
 import json
 import pathlib
+import sys
+
+from absl import flags, logging
+
+from research.errors import UserError
+from research.train import logs
 
 
 def write(results: dict, workdir: str, markdown, plot) -> str:
@@ -12,3 +19,38 @@ def write(results: dict, workdir: str, markdown, plot) -> str:
   (root / "results.md").write_text(table)
   plot(results, str(root / "results.png"))
   return table
+
+
+def cache_compilations(workdir: str) -> None:
+  """Keeps XLA's compiled programs under workdir/jax_cache, so re-running a reproduction (or its
+  many runs of the same shapes) compiles each program once."""
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(workdir) / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def define_flags(workdir: str, num_devices: int = 1) -> None:
+  """--workdir, --seeds, --data_dir, --num_devices. Call it only under `if __name__ == "__main__"`,
+  so tests can import several reproduction modules side by side."""
+  flags.DEFINE_string("workdir", workdir, "Root folder of all runs.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
+  flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = default).")
+  flags.DEFINE_integer("num_devices", num_devices, "Devices per run (-1 = all).")
+
+
+def seeds() -> list:
+  return [int(s) for s in flags.FLAGS.seeds]
+
+
+def main(compute, write_results) -> None:
+  """Runs `compute()` -> results, writes them with `write_results(results, --workdir)` and prints
+  the table; a UserError is one line on stderr and exit status 2."""
+  logs.quiet_libraries()
+  workdir = flags.FLAGS.workdir
+  try:
+    results = compute()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(write_results(results, workdir))
+  logging.info("Wrote results.{json,md,png} to %s", workdir)

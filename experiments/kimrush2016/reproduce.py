@@ -12,19 +12,15 @@ summarize and README.md); each is reported PASS or NOT REPRODUCED from the numbe
 import hashlib
 import json
 import pathlib
-import sys
 
-import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import label_with_teacher, report
 from experiments.kimrush2016 import config as kr_config
-from research.data import synthetic, text
-from research.errors import UserError
+from research.data import synthetic
 from research.eval import lm as lm_eval
-from research.train import logs
 from research.train.loop import train_and_evaluate
 
 STUDENTS = ("baseline", "word_kd", "seq_kd", "seq_word_kd")
@@ -55,7 +51,7 @@ def seqkd_name(teacher_dir: str) -> str:
 def make_seqkd_data(teacher_dir: str, data_dir: str) -> str:
   """Labels the training prompts with the teacher's beam-5 outputs once; returns the dataset name."""
   name = seqkd_name(teacher_dir)
-  if not label_with_teacher._exists(name, data_dir):  # pylint: disable=protected-access
+  if not label_with_teacher.exists(name, data_dir):
     label_with_teacher.label(teacher_dir, name, decode="beam", beam_size=BEAM_SIZE, data_dir=data_dir,
                              batch_size=LABEL_BATCH)
   return name
@@ -70,14 +66,11 @@ def decode_scores(workdir: str, data_dir: str, num_test: int = NUM_TEST) -> dict
   config, model, variables = lm_eval.load_run(workdir)
   dataset = ml_collections.ConfigDict(config.dataset.to_dict())
   dataset.update(name="styled_seq2seq", data_dir=data_dir)
-  rows = {k: v[:num_test] for k, v in text.rows(dataset, "test").items()}
-  sources = [p for p, _ in text.prompts(dataset, "test")[:num_test]]
-  tok = text.tokenizer(dataset)
   out = {}
   for name, kwargs in (("greedy", dict(temperature=0.0)), ("beam", dict(beam_size=BEAM_SIZE))):
-    done = lm_eval.complete(model, variables, rows, dataset.prompt_len, jax.random.PRNGKey(0), tok.eos_id,
-                            tok.pad_id, batch_size=DECODE_BATCH, **kwargs)
-    outputs = [tok.decode([int(i) for i in ids if i != tok.eos_id]) for ids in lm_eval.completion_tokens(done)]
+    pairs, outputs = lm_eval.decode_texts(model, variables, dataset, "test", limit=num_test,
+                                          batch_size=DECODE_BATCH, **kwargs)
+    sources = [p for p, _ in pairs]
     out[name] = 100.0 * float(np.mean([synthetic.is_valid(s, o) for s, o in zip(sources, outputs)]))
     out[f"{name}_style_a"] = 100.0 * float(np.mean(
         [" ".join(o.split()) == synthetic.render(s, "A") for s, o in zip(sources, outputs)]))
@@ -90,8 +83,7 @@ def run(workdir: str, seeds, data_dir: str = "", num_devices: int = 1, num_test:
         students=STUDENTS) -> dict:
   """Trains (or resumes) every run, decodes the test prompts and returns the results with verdicts."""
   root = pathlib.Path(workdir)
-  jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  report.cache_compilations(workdir)
   teacher_dir = str(root / "teacher")
   train_and_evaluate(_config("teacher", 0, data_dir, num_devices), teacher_dir)
   seqkd_data = make_seqkd_data(teacher_dir, data_dir)
@@ -188,25 +180,13 @@ def write(results: dict, workdir: str) -> str:
 
 def _define_flags() -> None:
   """Flags exist only when this module is the program, so tests can import it beside other scripts."""
-  flags.DEFINE_string("workdir", "/tmp/distillery/kimrush2016", "Root folder of all runs.")
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
-  flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = default); the Seq-KD dataset is written here.")
-  flags.DEFINE_integer("num_devices", 1, "Devices per run (-1 = all).")
+  report.define_flags("/tmp/distillery/kimrush2016")
   flags.DEFINE_integer("num_test", NUM_TEST, "Test prompts decoded per run.")
-
 
 def main(argv):
   del argv
-  logs.quiet_libraries()
   args = flags.FLAGS
-  try:
-    results = run(args.workdir, [int(s) for s in args.seeds], args.data_dir, args.num_devices, args.num_test)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(write(results, args.workdir))
-  logging.info("Wrote results.{json,md,png} to %s", args.workdir)
-
+  report.main(lambda: run(args.workdir, report.seeds(), args.data_dir, args.num_devices, args.num_test), write)
 
 if __name__ == "__main__":
   _define_flags()

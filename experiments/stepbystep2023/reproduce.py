@@ -9,18 +9,14 @@ issue #4 before any run; the verdict is PASS or NOT REPRODUCED from the numbers,
 """
 import json
 import pathlib
-import sys
 
-import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import report
 from experiments.stepbystep2023 import config as sbs_config
-from research.data import synthetic, text
-from research.errors import UserError
+from research.data import synthetic
 from research.eval import lm as lm_eval
-from research.train import logs
 from research.train.loop import train_and_evaluate
 
 CLAIM_SIZES = sbs_config.SIZES[:2]  # the claim: the two smallest training sets
@@ -34,59 +30,54 @@ def _config(run: str, n: int, seed: int, data_dir: str, num_devices: int):
   return config
 
 
+def _decode(workdir: str, explain: bool) -> tuple:
+  """(prompts, greedy outputs) of the run for its eval split's answer prompts ("q" / "[answer] q",
+  the even rows of the multi-task data) or, with `explain`, its "[explain] q" prompts."""
+  config, model, variables = lm_eval.load_run(workdir)
+  is_explain = lambda prompt: synthetic.parse_question(prompt)[2] == "explain"
+  pairs, outputs = lm_eval.decode_texts(model, variables, config.dataset, config.dataset.eval_split,
+                                        select=lambda p: is_explain(p) == explain, batch_size=250,
+                                        temperature=0.0)
+  return [p for p, _ in pairs], outputs
+
+
+def _cached(workdir: str, name: str, compute) -> dict:
+  """compute() -> dict, saved as workdir/name so a re-run of a finished reproduction is cheap."""
+  cache = pathlib.Path(workdir) / name
+  if not cache.exists():
+    cache.write_text(json.dumps(compute(), indent=2))
+  return json.loads(cache.read_text())
+
+
 def answer_accuracy(workdir: str) -> float:
   """Exact match (%) of the run's greedy answers on its eval split's answer prompts: "q" for the
   label-only student, "[answer] q" (the even rows) for the multi-task one. Cached in the workdir."""
-  cache = pathlib.Path(workdir) / "answer_exact_match.json"
-  if cache.exists():
-    return json.loads(cache.read_text())["exact_match"]
-  config, model, variables = lm_eval.load_run(workdir)
-  rows = text.rows(config.dataset, config.dataset.eval_split)
-  pairs = text.prompts(config.dataset, config.dataset.eval_split)
-  keep = np.array([synthetic.parse_question(p)[2] != "explain" for p, _ in pairs])
-  rows = {k: v[keep] for k, v in rows.items()}
-  prompts = [p for (p, _), k in zip(pairs, keep) if k]
-  tok = text.tokenizer(config.dataset)
-  out = lm_eval.complete(model, variables, rows, config.dataset.prompt_len, jax.random.PRNGKey(0),
-                         tok.eos_id, tok.pad_id, temperature=0.0, batch_size=250)
-  outputs = [tok.decode([int(i) for i in ids if i != tok.eos_id]) for ids in lm_eval.completion_tokens(out)]
-  score = 100.0 * float(np.mean([synthetic.exact_match(p, o) for p, o in zip(prompts, outputs)]))
-  cache.write_text(json.dumps({"exact_match": score, "questions": len(prompts),
-                               "examples": [[p, o] for p, o in zip(prompts[:10], outputs[:10])]}, indent=2))
-  return score
+  def compute():
+    prompts, outputs = _decode(workdir, explain=False)
+    score = 100.0 * float(np.mean([synthetic.exact_match(p, o) for p, o in zip(prompts, outputs)]))
+    return {"exact_match": score, "questions": len(prompts),
+            "examples": [[p, o] for p, o in zip(prompts[:10], outputs[:10])]}
+  return _cached(workdir, "answer_exact_match.json", compute)["exact_match"]
 
 
 def rationale_accuracy(workdir: str) -> float:
   """Diagnostic, not part of the claim: % of the first 500 test questions whose greedy "[explain] q"
   output (the odd rows) states the right answer after its last "=" (the chain-of-thought route,
   which the paper does not use at test time). Cached in the workdir."""
-  cache = pathlib.Path(workdir) / "rationale_answer.json"
-  if cache.exists():
-    return json.loads(cache.read_text())["answer_correct"]
-  config, model, variables = lm_eval.load_run(workdir)
-  rows = text.rows(config.dataset, config.dataset.eval_split)
-  pairs = text.prompts(config.dataset, config.dataset.eval_split)
-  keep = np.array([synthetic.parse_question(p)[2] == "explain" for p, _ in pairs])
-  rows = {k: v[keep] for k, v in rows.items()}
-  prompts = [p for (p, _), k in zip(pairs, keep) if k]
-  tok = text.tokenizer(config.dataset)
-  out = lm_eval.complete(model, variables, rows, config.dataset.prompt_len, jax.random.PRNGKey(0),
-                         tok.eos_id, tok.pad_id, temperature=0.0, batch_size=250)
-  outputs = [tok.decode([int(i) for i in ids if i != tok.eos_id]) for ids in lm_eval.completion_tokens(out)]
-  correct = [synthetic.answer_from_rationale(o) == synthetic.answer_of(p) for p, o in zip(prompts, outputs)]
-  exact = [synthetic.exact_match(p, o) for p, o in zip(prompts, outputs)]
-  score = 100.0 * float(np.mean(correct))
-  cache.write_text(json.dumps({"answer_correct": score, "rationale_exact_match": 100.0 * float(np.mean(exact)),
-                               "questions": len(prompts),
-                               "examples": [[p, o] for p, o in zip(prompts[:10], outputs[:10])]}, indent=2))
-  return score
+  def compute():
+    prompts, outputs = _decode(workdir, explain=True)
+    correct = [synthetic.answer_from_rationale(o) == synthetic.answer_of(p) for p, o in zip(prompts, outputs)]
+    exact = [synthetic.exact_match(p, o) for p, o in zip(prompts, outputs)]
+    return {"answer_correct": 100.0 * float(np.mean(correct)),
+            "rationale_exact_match": 100.0 * float(np.mean(exact)), "questions": len(prompts),
+            "examples": [[p, o] for p, o in zip(prompts[:10], outputs[:10])]}
+  return _cached(workdir, "rationale_answer.json", compute)["answer_correct"]
 
 
 def run(workdir: str, seeds, data_dir: str = "", num_devices: int = 1, sizes=sbs_config.SIZES) -> dict:
   """Trains (or resumes) every run and returns the results dict with the claim's verdict."""
   root = pathlib.Path(workdir)
-  jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  report.cache_compilations(workdir)
   scores = {run: {str(n): [] for n in sizes} for run in sbs_config.RUNS}
   token_accuracy = {run: {str(n): [] for n in sizes} for run in sbs_config.RUNS}
   rationale_route = {str(n): [] for n in sizes}
@@ -171,24 +162,12 @@ def write(results: dict, workdir: str) -> str:
 
 def _define_flags() -> None:
   """Flags exist only when this module is the program, so tests can import it beside other scripts."""
-  flags.DEFINE_string("workdir", "/tmp/distillery/stepbystep2023", "Root folder of all runs.")
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
-  flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = default).")
-  flags.DEFINE_integer("num_devices", 1, "Devices per run (-1 = all).")
-
+  report.define_flags("/tmp/distillery/stepbystep2023")
 
 def main(argv):
   del argv
-  logs.quiet_libraries()
   args = flags.FLAGS
-  try:
-    results = run(args.workdir, [int(s) for s in args.seeds], args.data_dir, args.num_devices)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(write(results, args.workdir))
-  logging.info("Wrote results.{json,md,png} to %s", args.workdir)
-
+  report.main(lambda: run(args.workdir, report.seeds(), args.data_dir, args.num_devices), write)
 
 if __name__ == "__main__":
   _define_flags()

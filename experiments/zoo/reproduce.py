@@ -7,19 +7,16 @@ claims and their thresholds were fixed in issue #3 before any run; each is repor
 REPRODUCED from the numbers, never tuned afterwards.
 """
 import pathlib
-import sys
 
 import jax
 import numpy as np
 import scipy.special
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import report
 from experiments.zoo import config as zoo_config
-from research.errors import UserError
 from research.eval import classification
 from research.losses import metric
-from research.train import logs
 from research.train.loop import train_and_evaluate
 
 
@@ -218,25 +215,14 @@ def write(results: dict, workdir: str) -> str:
 
 def _define_flags() -> None:
   """Flags exist only when this module is the program, so tests can import it beside other scripts."""
-  flags.DEFINE_string("workdir", "/tmp/distillery/zoo", "Root folder of all runs.")
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
-  flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = default).")
-  flags.DEFINE_integer("num_devices", -1, "Devices per run (-1 = all).")
+  report.define_flags("/tmp/distillery/zoo", num_devices=-1)
   flags.DEFINE_bool("extra", False, "Also train the runs without a claim (RKD on classification).")
-
 
 def main(argv):
   del argv
-  logs.quiet_libraries()
   args = flags.FLAGS
-  try:
-    results = run(args.workdir, [int(s) for s in args.seeds], args.data_dir, args.num_devices, extra=args.extra)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(write(results, args.workdir))
-  logging.info("Wrote results.{json,md,png} to %s", args.workdir)
-
+  report.main(lambda: run(args.workdir, report.seeds(), args.data_dir, args.num_devices, extra=args.extra),
+              write)
 
 if __name__ == "__main__":
   _define_flags()

@@ -2,7 +2,8 @@
 
 - `load_run(workdir)`: a finished run's (config, model, variables), read-only.
 - `complete(...)`: the model's completions of a split's prompts (sampled, greedy or beam), in the
-  token-row layout of research/data/text.py (the completion columns replaced).
+  token-row layout of research/data/text.py (the completion columns replaced); `decode_texts(...)`
+  the same as strings.
 - `score(...)`: per-row sum of −log p(token) under a model over the rows' trained tokens: with the
   teacher as the scorer this is GKD's "teacher-scored NLL" of student samples.
 - `distinct_n(...)`: the fraction of distinct n-grams among all n-grams of the completions, so a
@@ -66,6 +67,24 @@ def complete(model, variables, rows: dict, prompt_len: int, rng, eos_id: int, pa
     for k in outputs:
       outputs[k].append(np.asarray(out[k])[:real])
   return {k: np.concatenate(v).astype(rows[k].dtype) for k, v in outputs.items()}
+
+
+def decode_texts(model, variables, dataset_config, split: str, limit: int = 0, select=None, seed: int = 0,
+                 batch_size: int = 64, **decoding) -> tuple:
+  """The model's completions of the prompts of `split` as text: ([(prompt, reference)], [output]),
+  the output without EOS. `limit` > 0 keeps the first `limit` examples, `select(prompt)` a subset;
+  `decoding` goes to `complete` (temperature, top_k, top_p, beam_size)."""
+  rows, pairs = text.rows(dataset_config, split), text.prompts(dataset_config, split)
+  keep = np.ones(len(pairs), bool) if select is None else np.array([bool(select(p)) for p, _ in pairs])
+  if limit:
+    keep &= np.arange(len(pairs)) < limit
+  rows = {k: v[keep] for k, v in rows.items()}
+  pairs = [pair for pair, kept in zip(pairs, keep) if kept]
+  tokenizer = text.tokenizer(dataset_config)
+  out = complete(model, variables, rows, dataset_config.prompt_len, jax.random.PRNGKey(seed), tokenizer.eos_id,
+                 tokenizer.pad_id, batch_size=batch_size, **decoding)
+  outputs = [tokenizer.decode([int(i) for i in ids if i != tokenizer.eos_id]) for ids in completion_tokens(out)]
+  return pairs, outputs
 
 
 def score(model, variables, rows: dict, batch_size: int = 64) -> tuple:
