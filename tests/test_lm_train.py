@@ -20,8 +20,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import label_with_teacher
+from research import config as config_lib
+from research import models
 from research.data import text
 from research.errors import UserError
+from research.train import checkpoint
 from research.train.loop import train_and_evaluate
 from tree_asserts import assert_trees_bitwise_equal
 
@@ -87,6 +90,13 @@ def test_on_policy_replay_run_resumes_bit_exactly_and_leaves_the_teacher_untouch
   item = lambda w, name: ocp.StandardCheckpointer().restore(w / "checkpoints" / str(STEPS) / name)
   for name in ("train", "variables"):
     assert_trees_bitwise_equal(item(copy, name), item(full, name), name)
+  # Any kept step loads read-only by number (e.g. to evaluate a run's learning curve).
+  student = models.build(config_lib.build(config).model, 259)
+  halfway = checkpoint.load_model_variables(str(full), student, (16,), "run", np.int32, step=half)
+  assert_trees_bitwise_equal(halfway, ocp.StandardCheckpointer().restore(full / "checkpoints" / str(half) / "variables"),
+                             "variables at step 3")
+  with pytest.raises(UserError, match="no step 5"):
+    checkpoint.load_model_variables(str(full), student, (16,), "run", np.int32, step=5)
   state = item(full, "train")["method_state"]
   assert 0 < int(state["generations"]) <= STEPS and int(state["filled"]) >= 1
   lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]

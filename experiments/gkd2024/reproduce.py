@@ -23,23 +23,18 @@ results.{json,md,png}. Protocol and thresholds (fixed before the final runs, see
 """
 import json
 import pathlib
-import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import report
 from experiments.gkd2024 import config as gkd_config
 from research import sampling
 from research.data import sources, text
-from research.errors import UserError
 from research.eval import lm as eval_lm
-from research.train import logs
+from research.train import checkpoint
 from research.train.loop import train_and_evaluate
-from research.train.state import init_variables
 
 EVAL_ROWS = 256
 TAIL_QUANTILE = 0.9
@@ -55,56 +50,28 @@ def _config(run: str, seed: int, root: pathlib.Path, data_dir: str):
 
 
 class Evaluator:
-  """Samples completions of the fixed prompts and scores them with the teacher. The jitted
-  functions take the variables as arguments, so every checkpoint reuses one compilation."""
+  """Samples completions of the fixed prompts and scores them with the teacher (research/eval/lm's
+  jitted functions take the variables as arguments: every checkpoint reuses one compilation)."""
 
   def __init__(self, root: pathlib.Path, data_dir: str):
-    config, self.teacher, self.teacher_variables = eval_lm.load_run(str(root / "teacher"))
+    _, self.teacher, self.teacher_variables = eval_lm.load_run(str(root / "teacher"))
     self.dataset = _config("sft", 0, root, data_dir).dataset
     self.tok = text.tokenizer(self.dataset)
     test = text.rows(self.dataset, self.dataset.eval_split)
     index = np.linspace(0, len(test["tokens"]) - 1, EVAL_ROWS).astype(int)
     self.rows = {k: np.asarray(v[index]) for k, v in test.items()}
-    self._jits = {}
-    del config
-
-  def _fns(self, model):
-    if id(model) not in self._jits:
-      prompt_len, width = self.dataset.prompt_len, self.rows["tokens"].shape[1]
-
-      def sample(variables, prompt, keys):
-        return sampling.generate(model, variables, prompt["tokens"], prompt["segment_ids"],
-                                 prompt["positions"], keys, width - prompt_len, temperature=1.0,
-                                 stop_id=self.tok.eos_id, pad_id=self.tok.pad_id)
-
-      def nll(variables, rows):
-        logits = model.apply(variables, rows["tokens"], rows["segment_ids"], rows["positions"])
-        log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-        token_nll = -jnp.take_along_axis(log_probs, rows["tokens"][:, 1:, None], axis=-1)[..., 0]
-        mask = rows["loss_mask"][:, 1:]
-        return jnp.sum(jnp.where(mask > 0, token_nll * mask, 0), axis=1), jnp.sum(mask, axis=1)
-
-      self._jits[id(model)] = (model, jax.jit(sample), jax.jit(nll))
-    return self._jits[id(model)][1:]
 
   def samples(self, model, variables, seed: int) -> dict:
     """Completions at temperature 1; row keys depend only on `seed`, so arms share them."""
-    sample, _ = self._fns(model)
-    prompt = {k: self.rows[k][:, :self.dataset.prompt_len] for k in ("tokens", "segment_ids", "positions")}
     keys = sampling.row_keys(jax.random.PRNGKey(10_000 + seed), EVAL_ROWS)
-    out = jax.device_get(sample(variables, prompt, keys))
-    return {k: np.asarray(out[k]) for k in text.KEYS}
-
-  def nll(self, model, variables, rows) -> tuple:
-    _, nll = self._fns(model)
-    sums, counts = jax.device_get(nll(variables, {k: jnp.asarray(v) for k, v in rows.items()}))
-    return np.asarray(sums), np.asarray(counts)
+    return eval_lm.continue_rows(model, variables, self.rows, self.dataset.prompt_len, keys, self.tok.eos_id,
+                                 self.tok.pad_id, temperature=1.0)
 
   def evaluate(self, model, variables, seed: int) -> dict:
     """Teacher-NLL/byte of the model's samples (pooled and per row), distinct-4, held-out NLL/byte."""
     rows = self.samples(model, variables, seed)
-    sums, counts = self.nll(self.teacher, self.teacher_variables, rows)
-    own_sums, own_counts = self.nll(model, variables, self.rows)
+    sums, counts = eval_lm.score(self.teacher, self.teacher_variables, rows, batch_size=EVAL_ROWS)
+    own_sums, own_counts = eval_lm.score(model, variables, self.rows, batch_size=EVAL_ROWS)
     return {"teacher_nll": float(sums.sum() / counts.sum()), "per_row": (sums / counts).tolist(),
             "distinct4": eval_lm.distinct_n(eval_lm.completion_tokens(rows), 4),
             "heldout_nll": float(own_sums.sum() / own_counts.sum())}
@@ -112,15 +79,8 @@ class Evaluator:
 
 def variables_at(workdir: pathlib.Path, step: int, model, dataset) -> dict:
   """The exported student variables of checkpoints/<step> (read-only)."""
-  expected = jax.eval_shape(lambda: init_variables(model, text.example_shape(dataset), jax.random.PRNGKey(0),
-                                                  np.int32))
-  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), expected)
-  manager = ocp.CheckpointManager(workdir / "checkpoints",
-                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                                  item_names=("variables", "train", "data"))
-  restored = manager.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(target)))
-  manager.close()
-  return restored["variables"]
+  return checkpoint.load_model_variables(str(workdir), model, text.example_shape(dataset), "run", np.int32,
+                                         step=step)
 
 
 def generations(workdir: pathlib.Path) -> dict:
@@ -133,8 +93,7 @@ def run(workdir: str, seeds, data_dir: str = "") -> dict:
   """Trains (or resumes) every run, evaluates them, returns the results dict with the verdicts."""
   root = pathlib.Path(workdir).absolute()
   root.mkdir(parents=True, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  report.cache_compilations(workdir)
   data_dir = data_dir or str(root / "tfds")
   sources.prepare("kjv", data_dir, download=False)
   teacher_eval = train_and_evaluate(_config("teacher", 0, root, data_dir), str(root / "teacher"))
@@ -148,8 +107,8 @@ def run(workdir: str, seeds, data_dir: str = "") -> dict:
 
   evaluator = Evaluator(root, data_dir)
   t_rows = evaluator.samples(evaluator.teacher, evaluator.teacher_variables, seed=-1)
-  t_sums, t_counts = evaluator.nll(evaluator.teacher, evaluator.teacher_variables, t_rows)
-  t_own, t_own_counts = evaluator.nll(evaluator.teacher, evaluator.teacher_variables, evaluator.rows)
+  t_sums, t_counts = eval_lm.score(evaluator.teacher, evaluator.teacher_variables, t_rows, EVAL_ROWS)
+  t_own, t_own_counts = eval_lm.score(evaluator.teacher, evaluator.teacher_variables, evaluator.rows, EVAL_ROWS)
   threshold = float(np.quantile(t_sums / t_counts, TAIL_QUANTILE))
   results["teacher"] = {
       "eval_loss": teacher_eval["loss"], "samples_teacher_nll": float(t_sums.sum() / t_counts.sum()),
@@ -297,22 +256,13 @@ def write(results: dict, workdir: str) -> str:
 
 def _define_flags() -> None:
   """Flags exist only when this module is the program, so tests can import it beside other scripts."""
-  flags.DEFINE_string("workdir", "/tmp/distillery/gkd2024", "Root folder of all runs.")
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
-  flags.DEFINE_string("data_dir", "", "TFDS data dir ('' = <workdir>/tfds, built offline).")
+  report.define_flags("/tmp/distillery/gkd2024")  # --data_dir '' = <workdir>/tfds, built offline
 
 
 def main(argv):
   del argv
-  logs.quiet_libraries()
   args = flags.FLAGS
-  try:
-    results = run(args.workdir, [int(s) for s in args.seeds], args.data_dir)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(write(results, args.workdir))
-  logging.info("Wrote results.{json,md,png} to %s", args.workdir)
+  report.main(lambda: run(args.workdir, report.seeds(), args.data_dir), write)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 - `distinct_n(...)`: the fraction of distinct n-grams among all n-grams of the completions, so a
   student that wins the NLL by repeating one likely phrase is seen (GKD reports it too).
 """
+import functools
 import json
 import pathlib
 
@@ -42,31 +43,47 @@ def _batches(rows: dict, batch_size: int):
     yield {k: v[index] for k, v in rows.items()}, real
 
 
+_PROMPT = ("tokens", "segment_ids", "positions")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "new_tokens", "eos_id", "pad_id", "temperature",
+                                             "top_k", "top_p", "beam_size"))
+def _continue(model, variables, prompt, keys, new_tokens, eos_id, pad_id, temperature, top_k, top_p,
+              beam_size):
+  """One batch of completions; jitted once per model and decoding setting, whatever the variables
+  (so sweeping a run's checkpoints compiles once)."""
+  args = (model, variables, prompt["tokens"], prompt["segment_ids"], prompt["positions"])
+  if beam_size:
+    return sampling.beam_search(*args, beam_size=beam_size, max_new_tokens=new_tokens, stop_id=eos_id,
+                                pad_id=pad_id)
+  return sampling.generate(*args, keys, new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           stop_id=eos_id, pad_id=pad_id)
+
+
+def continue_rows(model, variables, rows: dict, prompt_len: int, keys, eos_id: int, pad_id: int,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 0) -> dict:
+  """`rows` (one batch) with columns ≥ prompt_len replaced by the model's completion, drawn with the
+  per-row `keys` (sampling.row_keys); the token-row layout of research/data/text.py."""
+  prompt = {k: jnp.asarray(rows[k][:, :prompt_len]) for k in _PROMPT}
+  out = jax.device_get(_continue(model, variables, prompt, keys, rows["tokens"].shape[1] - prompt_len, eos_id,
+                                 pad_id, float(temperature), int(top_k), float(top_p), int(beam_size)))
+  return {k: np.asarray(out[k]).astype(rows[k].dtype) for k in text.KEYS}
+
+
 def complete(model, variables, rows: dict, prompt_len: int, rng, eos_id: int, pad_id: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 0,
              batch_size: int = 64) -> dict:
   """The model's completions of the prompts in `rows` (N, L): the same layout and width, columns
-  ≥ prompt_len generated; temperature 0 = greedy; beam_size > 0 = beam search (no sampling)."""
-  length = rows["tokens"].shape[1]
-  new_tokens = length - prompt_len
-
-  @jax.jit
-  def run(prompt, keys):
-    args = (model, variables, prompt["tokens"], prompt["segment_ids"], prompt["positions"])
-    if beam_size:
-      return sampling.beam_search(*args, beam_size=beam_size, max_new_tokens=new_tokens, stop_id=eos_id,
-                                  pad_id=pad_id)
-    return sampling.generate(*args, keys, new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             stop_id=eos_id, pad_id=pad_id)
-
-  outputs = {k: [] for k in ("tokens", "segment_ids", "positions", "loss_mask")}
+  ≥ prompt_len generated; temperature 0 = greedy; beam_size > 0 = beam search (no sampling).
+  Batch b's row keys are row_keys(fold_in(rng, b))."""
+  outputs = {k: [] for k in text.KEYS}
   for number, (batch, real) in enumerate(_batches(rows, batch_size)):
-    prompt = {k: jnp.asarray(batch[k][:, :prompt_len]) for k in ("tokens", "segment_ids", "positions")}
     keys = sampling.row_keys(jax.random.fold_in(rng, number), batch_size)
-    out = jax.device_get(run(prompt, keys))
+    out = continue_rows(model, variables, batch, prompt_len, keys, eos_id, pad_id, temperature, top_k, top_p,
+                        beam_size)
     for k in outputs:
-      outputs[k].append(np.asarray(out[k])[:real])
-  return {k: np.concatenate(v).astype(rows[k].dtype) for k, v in outputs.items()}
+      outputs[k].append(out[k][:real])
+  return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
 def decode_texts(model, variables, dataset_config, split: str, limit: int = 0, select=None, seed: int = 0,
@@ -87,23 +104,23 @@ def decode_texts(model, variables, dataset_config, split: str, limit: int = 0, s
   return pairs, outputs
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _row_nll(model, variables, batch):
+  logits = model.apply(variables, batch["tokens"], batch["segment_ids"], batch["positions"])
+  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  token_nll = -jnp.take_along_axis(log_probs, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
+  mask = batch["loss_mask"][:, 1:]
+  return jnp.sum(jnp.where(mask > 0, token_nll * mask, 0), axis=1), jnp.sum(mask, axis=1)
+
+
 def score(model, variables, rows: dict, batch_size: int = 64) -> tuple:
   """(NLL sum per row, trained tokens per row) of `rows` under `model`: Σ −log p(tokens[t] | <t)
   over positions with loss_mask 1, in nats."""
-
-  @jax.jit
-  def nll(batch):
-    logits = model.apply(variables, batch["tokens"], batch["segment_ids"], batch["positions"])
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    token_nll = -jnp.take_along_axis(log_probs, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
-    mask = batch["loss_mask"][:, 1:]
-    return jnp.sum(jnp.where(mask > 0, token_nll * mask, 0), axis=1), jnp.sum(mask, axis=1)
-
   sums, counts = [], []
   for batch, real in _batches(rows, batch_size):
-    total, count = jax.device_get(nll({k: jnp.asarray(v) for k, v in batch.items()}))
-    sums.append(total[:real])
-    counts.append(count[:real])
+    total, count = jax.device_get(_row_nll(model, variables, {k: jnp.asarray(batch[k]) for k in text.KEYS}))
+    sums.append(np.asarray(total)[:real])
+    counts.append(np.asarray(count)[:real])
   return np.concatenate(sums), np.concatenate(counts)
 
 

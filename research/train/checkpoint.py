@@ -97,15 +97,16 @@ def check_compatible(saved, expected, what: str, fix: str) -> None:
 
 
 def load_model_variables(path: str, model, example_shape: tuple, what: str = "teacher",
-                         dtype=np.float32) -> dict:
+                         dtype=np.float32, step: int | None = None) -> dict:
   """`load_variables` for `model` on inputs of `example_shape` and `dtype`: the expected shapes
   come from its init."""
   expected = jax.eval_shape(lambda: init_variables(model, example_shape, jax.random.PRNGKey(0), dtype))
-  return load_variables(path, expected, what)
+  return load_variables(path, expected, what, step)
 
 
-def load_variables(path: str, expected_variables, what: str = "teacher") -> dict:
-  """Reads the latest `variables` item of a run at `path`, read-only, as numpy arrays.
+def load_variables(path: str, expected_variables, what: str = "teacher", step: int | None = None) -> dict:
+  """Reads the `variables` item of a run at `path` (its latest checkpoint, or `step`), read-only,
+  as numpy arrays.
 
   `expected_variables` (e.g. from jax.eval_shape of model.init) is checked against what was
   saved, so an architecture mismatch names the offending parameter instead of failing later.
@@ -118,7 +119,10 @@ def load_variables(path: str, expected_variables, what: str = "teacher") -> dict
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
       item_names=("variables", "train", "data"))
-  step = manager.latest_step()
+  if step is not None and step not in manager.all_steps():
+    raise UserError(f"{what} checkpoint {directory} has no step {step}; it holds steps "
+                    f"{sorted(manager.all_steps())}.")
+  step = manager.latest_step() if step is None else step
   if step is None:
     raise UserError(f"{what} checkpoint not found: {directory} holds no finished checkpoint. "
                     f"Train the {what} to completion first, or fix config.teacher.checkpoint.")
