@@ -159,10 +159,10 @@ def summarize(results: dict) -> dict:
   floor = DISTINCT_FLOOR * m("sft", "distinct4")
   gkd_holds = (m("gkd") < m("gkd_mixed") < base and gap < gain
                and min(m("gkd", "distinct4"), m("gkd_mixed", "distinct4")) >= floor)
-  gkd_detail = (f"teacher-NLL/byte λ=1 {m('gkd'):.3f} < λ=0.5 {m('gkd_mixed'):.3f} < min(SFT {m('sft'):.3f}, "
-                f"supervised KD {m('supervised_kd'):.3f}); |KD − SFT| {gap:.3f} < λ=0.5 gain {gain:.3f}; "
-                f"distinct-4 λ=1 {m('gkd', 'distinct4'):.3f}, λ=0.5 {m('gkd_mixed', 'distinct4'):.3f} "
-                f"(need ≥ {floor:.3f} = {DISTINCT_FLOOR} × SFT's)")
+  gkd_detail = (f"teacher-NLL/byte λ=1 {m('gkd'):.3f}, λ=0.5 {m('gkd_mixed'):.3f}, SFT {m('sft'):.3f}, "
+                f"supervised KD {m('supervised_kd'):.3f} (need λ=1 < λ=0.5 < both); |KD − SFT| {gap:.3f} vs "
+                f"λ=0.5 gain {gain:.3f} (need <); distinct-4 λ=1 {m('gkd', 'distinct4'):.3f}, "
+                f"λ=0.5 {m('gkd_mixed', 'distinct4'):.3f} (need ≥ {floor:.3f} = {DISTINCT_FLOOR} × SFT's)")
   rev, fwd = results["runs"]["minillm"]["tail"], results["runs"]["supervised_kd"]["tail"]
   mini_holds = all(r < f for r, f in zip(rev, fwd))
   mini_detail = (f"tail fraction (teacher NLL/byte > {results['teacher']['tail_threshold']:.3f}, the "
