@@ -338,8 +338,8 @@ def model_config(**overrides):
 
 
 def test_build_every_name():
-  assert models.NAMES[:3] == ("mlp", "cnn", "resnet") and set(models.NAMES[3:]) == set(EXACT_100)
-  for name in models.NAMES[3:]:
+  assert models.NAMES[:4] == ("mlp", "cnn", "resnet", "decoder") and set(models.NAMES[4:]) == set(EXACT_100)
+  for name in models.NAMES[4:]:
     model = models.build(model_config(name=name, num_classes=7, widths=(3,), blocks_per_stage=5))
     assert model == models.CIFAR[name](7)
   cnn = models.build(model_config(name="cnn", widths=(4,), blocks_per_stage=2))
