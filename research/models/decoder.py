@@ -104,16 +104,23 @@ class Attention(nn.Module):
           buf, new.astype(buf.dtype), (zero, index, zero, zero))
       kv = {"keys": write(kv["keys"], k), "values": write(kv["values"], v)}
       k, v = kv["keys"].astype(self.dtype), kv["values"].astype(self.dtype)
+    # Each kv head's group of query heads is folded into its query rows, (B, kv, group·L, d), so
+    # both products are plain batched matmuls over (B, kv) (XLA:CPU runs these faster than the
+    # 5-D grouped einsum: ~10-20 % on a forward + backward).
     group = self.num_heads // self.num_kv_heads
-    q = q.reshape(batch, length, self.num_kv_heads, group, head_dim)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    q = q.reshape(batch, length, self.num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(batch, self.num_kv_heads, group * length, head_dim)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, kv, S, d)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
     scores = scores / np.sqrt(head_dim)
-    # mask (B, 1, L, S) → (B, 1, 1, L, S). A padding query (no visible key) gets uniform weights
-    # here, not 0/0; its output is zeroed below, per query, rather than by re-masking the (L, S)
-    # weights after the softmax (a second pass over the largest tensor, in forward and backward).
-    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    # mask (B, 1, L, S), the same for every head of a group. A padding query (no visible key)
+    # gets uniform weights here, not 0/0; its output is zeroed below, per query, rather than by
+    # re-masking the weights after the softmax (a second pass over the largest tensor).
+    tiled = jnp.tile(mask, (1, 1, group, 1))  # (B, 1, group·L, S), rows in (group, L) order
+    scores = jnp.where(tiled, scores, jnp.finfo(jnp.float32).min)
     weights = nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, length, dim)
+    out = jnp.einsum("bkqs,bksd->bkqd", weights, v).reshape(batch, self.num_kv_heads, group, length, head_dim)
+    out = out.transpose(0, 3, 1, 2, 4).reshape(batch, length, dim)
     out = jnp.where(jnp.any(mask, axis=-1)[:, 0, :, None], out, 0)
     out = dense(dim)(out)
     return out if kv is None else (out, kv)
