@@ -20,6 +20,7 @@ import numpy as np
 from research import config as config_lib
 from research import models, sampling
 from research.data import text
+from research.losses import sequence
 from research.train import checkpoint
 
 
@@ -107,8 +108,7 @@ def decode_texts(model, variables, dataset_config, split: str, limit: int = 0, s
 @functools.partial(jax.jit, static_argnames=("model",))
 def _row_nll(model, variables, batch):
   logits = model.apply(variables, batch["tokens"], batch["segment_ids"], batch["positions"])
-  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  token_nll = -jnp.take_along_axis(log_probs, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
+  token_nll = sequence.next_token_nll(logits, batch["tokens"])
   mask = batch["loss_mask"][:, 1:]
   return jnp.sum(jnp.where(mask > 0, token_nll * mask, 0), axis=1), jnp.sum(mask, axis=1)
 

@@ -118,6 +118,13 @@ def tvd(student_logits, teacher_logits, temperature=1.0):
   return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_pt) - jnp.exp(log_ps)), axis=-1)
 
 
+def next_token_nll(logits, tokens):
+  """−log p(tokens[:, t+1] | logits[:, t]) for rows of logits (B, L, V) and tokens (B, L): (B, L−1),
+  in float32 (a language model's cross-entropy per target; masking is the caller's)."""
+  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
 def per_token(name, student_logits, teacher_logits, temperature=1.0, beta=0.5, alpha=0.1):
   """The divergence called `name` (one of NAMES) per token [...]; beta is for jsd, alpha for the skews."""
   if name == "jsd":

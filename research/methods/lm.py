@@ -23,15 +23,15 @@ the buffer is refreshed.
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
+from research.data import text
 from research.errors import UserError
 from research.losses import sequence
 
 NAMES = ("supervised", "token_kd")
-FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
+FIELDS = text.KEYS  # the token-row fields (research/data/text.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +68,14 @@ class TokenDistillation:
       state["next"] = jnp.zeros((), jnp.int32)
     return state
 
-  def token_terms(self, student_logits, teacher_logits, tokens, loss_mask) -> dict:
+  def token_terms(self, student_logits, teacher_logits, tokens) -> dict:
     """Per-token loss terms on rows (B, L): {'ce': (B, L−1)[, 'kd': (B, L−1)]} for the targets
     tokens[:, 1:] predicted from logits[:, :-1]; masked positions are left to the caller."""
-    logits = student_logits[:, :-1]
     terms = {}
     if self.ce_weight:
-      log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-      terms["ce"] = -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+      terms["ce"] = sequence.next_token_nll(student_logits, tokens)
     if self.kd_weight:
-      terms["kd"] = sequence.per_token(self.divergence, logits, teacher_logits[:, :-1],
+      terms["kd"] = sequence.per_token(self.divergence, student_logits[:, :-1], teacher_logits[:, :-1],
                                        self.temperature, self.beta, self.alpha)
     return terms
 

@@ -95,7 +95,7 @@ def make_train_step(student, teacher, method: lm.TokenDistillation, tx: optax.Gr
       if method.chunk_size:
         sums = {"kd": _chunked_kd_sum(method, student_out, teacher_out, target_mask)}
       else:
-        terms = method.token_terms(student_out, teacher_out, rows["tokens"], rows["loss_mask"])
+        terms = method.token_terms(student_out, teacher_out, rows["tokens"])
         sums = {k: jnp.sum(jnp.where(target_mask > 0, v * target_mask, 0)) for k, v in terms.items()}
       loss = (method.ce_weight * sums.get("ce", 0.0) + method.kd_weight * sums.get("kd", 0.0)) * scale
       return loss, (student_out, sums)
@@ -154,8 +154,7 @@ def make_eval_step(model):
     logits = model.apply(variables, batch["tokens"], batch["segment_ids"], batch["positions"])
     targets = batch["tokens"][:, 1:]
     mask = batch["loss_mask"][:, 1:] * batch["mask"][:, None]
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    nll = sequence.next_token_nll(logits, batch["tokens"])
     sums = {"correct": jnp.sum((jnp.argmax(logits[:, :-1], -1) == targets) * mask),
             "loss": jnp.sum(jnp.where(mask > 0, nll * mask, 0)), "count": jnp.sum(mask)}
     return lax.psum(sums, AXIS)
