@@ -21,6 +21,16 @@ def write(results: dict, workdir: str, markdown, plot) -> str:
   return table
 
 
+def verdict(holds: bool) -> str:
+  return "**PASS**" if holds else "**NOT REPRODUCED**"
+
+
+def claims_table(claims: dict, issue: int, numbers: str = "numbers") -> list:
+  """Markdown lines of the claims table: claim key, paper, the numbers it was decided on, verdict."""
+  lines = [f"| claim (issue #{issue}) | paper | {numbers} | verdict |", "|---|---|---|---|"]
+  return lines + [f"| {key} | {c['paper']} | {c['detail']} | {verdict(c['holds'])} |" for key, c in claims.items()]
+
+
 def cache_compilations(workdir: str) -> None:
   """Keeps XLA's compiled programs under workdir/jax_cache, so re-running a reproduction (or its
   many runs of the same shapes) compiles each program once."""

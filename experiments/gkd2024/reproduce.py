@@ -215,10 +215,7 @@ def markdown(results: dict) -> str:
     for seed, c in zip(results["seeds"], curves):
       points = ", ".join(f"{s}: {g} → {n:.3f}" for s, g, n in zip(c["steps"], c["generations"], c["teacher_nll"]))
       lines.append(f"| {arm} | {seed} | {points} |")
-  lines += ["", "| claim (issue #4) | paper | numbers | verdict |", "|---|---|---|---|"]
-  for key, claim in results["claims"].items():
-    verdict = "**PASS**" if claim["holds"] else "**NOT REPRODUCED**"
-    lines.append(f"| {key} | {claim['paper']} | {claim['detail']} | {verdict} |")
+  lines += [""] + report.claims_table(results["claims"], issue=4)
   lines += ["", f"Teacher beats the SFT student on held-out NLL: {results['teacher_beats_student']}."]
   return "\n".join(lines) + "\n"
 

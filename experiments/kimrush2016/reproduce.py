@@ -147,8 +147,7 @@ def markdown(results: dict) -> str:
                    f"{np.mean(s['greedy_style_a']):.1f} |")
   lines += ["", "| claim (issue #4) | numbers (means over seeds) | verdict |", "|---|---|---|"]
   for key, claim in results["claims"].items():
-    verdict = "**PASS**" if claim["holds"] else "**NOT REPRODUCED**"
-    lines.append(f"| {key}: {CLAIM_TEXT[key]} | {claim['detail']} | {verdict} |")
+    lines.append(f"| {key}: {CLAIM_TEXT[key]} | {claim['detail']} | {report.verdict(claim['holds'])} |")
   lines += ["", f"Teacher beats the reference-trained student (greedy and beam): {results['teacher_beats_baseline']}."]
   return "\n".join(lines) + "\n"
 

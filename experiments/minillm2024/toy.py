@@ -167,10 +167,8 @@ def markdown(results: dict) -> str:
     g = results["grid"][d]
     lines.append(f"| {d} | grid optimum | — | {g['mu']:.3f}, {g['sigma']:.3f} | {g['loss']:.4f} | "
                  f"{100 * g['off_support_mass']:.2f} |")
-  claim = results["claim"]
-  verdict_text = "**PASS**" if claim["holds"] else "**NOT REPRODUCED**"
-  lines += ["", "| claim (issue #4) | paper | numbers (per seed) | verdict |", "|---|---|---|---|",
-            f"| minillm (a) | Gu et al. 2024 (MiniLLM) | {claim['detail']} | {verdict_text} |"]
+  claim = {"paper": "Gu et al. 2024 (MiniLLM)", **results["claim"]}
+  lines += [""] + report.claims_table({"minillm (a)": claim}, issue=4, numbers="numbers (per seed)")
   return "\n".join(lines) + "\n"
 
 

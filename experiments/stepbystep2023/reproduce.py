@@ -127,10 +127,7 @@ def markdown(results: dict) -> str:
               "| N | rationale route, per seed | mean |", "|---|---|---|"]
     for n, values in results["rationale_route"].items():
       lines.append(f"| {n} | {', '.join(f'{v:.1f}' for v in values)} | {np.mean(values):.1f} |")
-  lines += ["", "| claim (issue #4) | paper | numbers | verdict |", "|---|---|---|---|"]
-  for key, claim in results["claims"].items():
-    verdict = "**PASS**" if claim["holds"] else "**NOT REPRODUCED**"
-    lines.append(f"| {key} | {claim['paper']} | {claim['detail']} | {verdict} |")
+  lines += [""] + report.claims_table(results["claims"], issue=4)
   return "\n".join(lines) + "\n"
 
 

@@ -177,10 +177,7 @@ def markdown(results: dict) -> str:
     if run_name in scores:
       values = ", ".join(f"{v:.1f}" for v in scores[run_name])
       lines.append(f"| {label} | {path} | {values} | {np.mean(scores[run_name]):.2f} |")
-  lines += ["", "| claim (issue #3) | paper | numbers (means over seeds) | verdict |", "|---|---|---|---|"]
-  for key, claim in results["claims"].items():
-    verdict = "**PASS**" if claim["holds"] else "**NOT REPRODUCED**"
-    lines.append(f"| {key} | {claim['paper']} | {claim['detail']} | {verdict} |")
+  lines += [""] + report.claims_table(results["claims"], issue=3, numbers="numbers (means over seeds)")
   lines.append("")
   lines.append(f"Teacher beats the CE student: {results['teacher_beats_student']}.")
   return "\n".join(lines) + "\n"
