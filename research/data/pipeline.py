@@ -41,10 +41,10 @@ def translate(images: np.ndarray, max_px: int, rng: np.random.Generator) -> np.n
   """Shifts each image by an integer offset in [−max_px, max_px]² (zero fill), as Hinton et al. 2015."""
   if max_px == 0:
     return images
-  return shift(images, max_px, _random_offsets(rng, max_px, len(images)))
+  return shift(images, max_px, random_offsets(rng, max_px, len(images)))
 
 
-def _random_offsets(rng: np.random.Generator, max_px: int, n: int) -> np.ndarray:
+def random_offsets(rng: np.random.Generator, max_px: int, n: int) -> np.ndarray:
   """(dy, dx) offsets into the padded images, uniform in [0, 2·max_px]: shape (2, n)."""
   return rng.integers(0, 2 * max_px + 1, size=(2, n))
 
@@ -131,7 +131,7 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int)
 
   def load_and_augment(positions, rng):
     # Offsets and flips are drawn for the global batch, then sliced, so any host count sees the same.
-    offsets = _random_offsets(rng, px, batch_size)[:, host_slice] if px else None
+    offsets = random_offsets(rng, px, batch_size)[:, host_slice] if px else None
     flips = (rng.random(batch_size) < 0.5)[host_slice] if hflip else None
     batch = load(positions)
     clean = {"teacher_image": batch["image"]} if keep_clean else {}
@@ -141,6 +141,31 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int)
     return {**batch, **clean, "image": images}
 
   return ds.random_map(load_and_augment, seed=seed + 1)
+
+
+def array_dataset(arrays: dict, batch_size: int, seed: int, what: str = "The training set") -> grain.MapDataset:
+  """train_dataset's batches over in-memory arrays {field: (N, ...)} (token rows, a teacher cache):
+  every field plus 'index' (the row), uint8 'image's as float32 in [0, 1]; host-sliced and
+  reshuffled every epoch like train_dataset, so batch k is a pure function of (seed, k)."""
+  hosts = jax.process_count()
+  if batch_size % hosts:
+    raise UserError(f"batch_size={batch_size} is not divisible by the {hosts} hosts.")
+  count = len(next(iter(arrays.values())))
+  if count < batch_size:
+    raise UserError(f"{what} has {count} rows, fewer than one batch of {batch_size}; lower config.batch_size.")
+  local = batch_size // hosts
+  host_slice = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+  def load(positions):
+    positions = positions[host_slice]
+    batch = {k: v[positions] for k, v in arrays.items()}
+    if "image" in batch and batch["image"].dtype == np.uint8:
+      batch["image"] = batch["image"].astype(np.float32) / 255.0
+    if "label" in batch:
+      batch["label"] = batch["label"].astype(np.int32)
+    return {**batch, "index": positions.astype(np.int32)}
+
+  return grain.MapDataset.source(ShuffledBatches(np.arange(count), batch_size, seed)).map(load)
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:

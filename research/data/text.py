@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import sources, tokenizers
-from research.data.pipeline import ShuffledBatches
+from research.data import pipeline
 from research.errors import UserError
 
 KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
@@ -203,23 +203,8 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, seed: int)
   `batch_size` is the global batch; each host gets its batch_size / process_count rows of it.
   Batch k is a pure function of (seed, k), which is what makes resume exact.
   """
-  hosts = jax.process_count()
-  if batch_size % hosts:
-    raise UserError(f"batch_size={batch_size} is not divisible by the {hosts} hosts.")
   data = rows(config.dataset, config.dataset.train_split)
-  count = len(data["tokens"])
-  if count < batch_size:
-    raise UserError(f"The training split has {count} rows of {config.dataset.seq_len} tokens, "
-                    f"fewer than one batch of {batch_size}; lower config.batch_size "
-                    "(or config.dataset.seq_len).")
-  local = batch_size // hosts
-  host_slice = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-
-  def load(positions):
-    positions = positions[host_slice]
-    return {**_take(data, positions), "index": positions.astype(np.int32)}
-
-  return grain.MapDataset.source(ShuffledBatches(np.arange(count), batch_size, seed)).map(load)
+  return pipeline.array_dataset(data, batch_size, seed, what=f"The training split ({config.dataset.seq_len}-token rows)")
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:

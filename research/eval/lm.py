@@ -62,13 +62,18 @@ def _continue(model, variables, prompt, keys, new_tokens, eos_id, pad_id, temper
 
 
 def continue_rows(model, variables, rows: dict, prompt_len: int, keys, eos_id: int, pad_id: int,
-                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 0) -> dict:
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, beam_size: int = 0,
+                  with_log_probs: bool = False) -> dict:
   """`rows` (one batch) with columns ≥ prompt_len replaced by the model's completion, drawn with the
-  per-row `keys` (sampling.row_keys); the token-row layout of research/data/text.py."""
+  per-row `keys` (sampling.row_keys); the token-row layout of research/data/text.py, plus the
+  sampler's 'sample_log_probs' (of each generated token, in its column) with `with_log_probs`."""
   prompt = {k: jnp.asarray(rows[k][:, :prompt_len]) for k in _PROMPT}
   out = jax.device_get(_continue(model, variables, prompt, keys, rows["tokens"].shape[1] - prompt_len, eos_id,
                                  pad_id, float(temperature), int(top_k), float(top_p), int(beam_size)))
-  return {k: np.asarray(out[k]).astype(rows[k].dtype) for k in text.KEYS}
+  result = {k: np.asarray(out[k]).astype(rows[k].dtype) for k in text.KEYS}
+  if with_log_probs:
+    result["sample_log_probs"] = np.asarray(out["sample_log_probs"], np.float32)
+  return result
 
 
 def complete(model, variables, rows: dict, prompt_len: int, rng, eos_id: int, pad_id: int,

@@ -23,6 +23,8 @@ from research.methods.crd import Contrastive
 from research.methods.dkd import DecoupledKD
 from research.methods.hint import Hint
 from research.methods.relational import Attention, Relational
+from research.losses import sparse
+from research.teachers import codec
 
 _DEFAULT_TAPS = {"fitnets": "stage2", "rkd": "penultimate", "pkt": "penultimate", "crd": "penultimate"}
 
@@ -72,8 +74,7 @@ class Method:
         ce = ratio * ce + (1 - ratio) * losses.cross_entropy(logits, partner)
       terms["ce"] = (self.ce_weight, jnp.mean(ce))
     if self.kd_weight:
-      kd = losses.kl_divergence(teacher["logits"], logits, self.temperature) * self.temperature**2
-      terms["kd"] = (self.kd_weight, jnp.mean(kd))
+      terms["kd"] = (self.kd_weight, jnp.mean(self._kd(logits, teacher, context)) * self.temperature**2)
     if self.triplet_weight:
       terms["triplet"] = (self.triplet_weight, metric.triplet_loss(logits, labels, self.triplet_margin))
     new_state = state
@@ -84,6 +85,18 @@ class Method:
     if self.hint_steps:  # FitNets stage 1: the hint alone, then the configured mix
       total = jnp.where(context["step"] < self.hint_steps, terms[self.name][1], total)
     return total, new_state, {name: v for name, (_, v) in terms.items()}
+
+
+  def _kd(self, logits, teacher, context):
+    """Per-example KL to the teacher at `temperature`, from whatever the teacher revealed: its
+    logits (a model, or a level-logits cache), its top-k log-probs, or one sampled label."""
+    signal = context.get("signal") or {}
+    if self.name == "topk_kd":
+      ids, log_probs = codec.decode_topk(signal["signal_topk"])
+      return sparse.topk_kl(logits, ids, log_probs, self.temperature)
+    if self.name == "sampled_kd":
+      return sparse.sampled_kl(logits, context["labels"], signal["signal_log_prob"], self.temperature)
+    return losses.kl_divergence(teacher["logits"], logits, self.temperature)
 
 
 def build(config: ml_collections.ConfigDict, student_shapes: dict | None = None,
@@ -108,7 +121,7 @@ def build(config: ml_collections.ConfigDict, student_shapes: dict | None = None,
 
 def _term(config, student_shapes, teacher_shapes, num_train):
   name = config.name
-  if name in ("supervised", "hinton_kd"):
+  if name in ("supervised", "hinton_kd", "topk_kd", "sampled_kd"):
     return None
   if name == "dkd":
     return DecoupledKD(config.dkd_alpha, config.dkd_beta, config.temperature, config.dkd_warmup_steps)
@@ -141,11 +154,15 @@ def _term(config, student_shapes, teacher_shapes, num_train):
 
 
 NAMES = config_lib.METHOD_NAMES
+LANGUAGE_ONLY = ("token_kd", "grpo")
 
 
 def _check_values(config) -> None:
   if config.name not in NAMES:
     raise UserError(f"Unknown method.name={config.name!r}; choose one of: {', '.join(NAMES)}.")
+  if config.name in LANGUAGE_ONLY:
+    raise UserError(f"method '{config.name}' is for language models (token rows); image classifiers take "
+                    f"one of: {', '.join(n for n in NAMES if n not in LANGUAGE_ONLY)}.")
   for key in ("ce_weight", "kd_weight", "feature_weight", "triplet_weight", "mixup", "hint_steps",
               "dkd_warmup_steps", "rkd_distance", "rkd_angle", "dkd_alpha", "dkd_beta"):
     if config[key] < 0:
@@ -159,6 +176,9 @@ def _check_values(config) -> None:
       and not config.hint_steps:
     raise UserError(f"method '{config.name}' has feature_weight=0, so its own term would be off; set "
                     "config.method.feature_weight (e.g. AT 1000, FitNets 100, CRD 0.8, DKD 1) or use hinton_kd.")
+  if config.name in ("topk_kd", "sampled_kd") and (not config.kd_weight or config.feature_weight):
+    raise UserError(f"method '{config.name}' is kd_weight · KL to a cached teacher signal: set "
+                    "config.method.kd_weight > 0 and feature_weight = 0.")
   if config.name == "supervised" and (config.kd_weight or config.feature_weight):
     raise UserError("method 'supervised' has no teacher: kd_weight and feature_weight must be 0.")
 

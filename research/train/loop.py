@@ -8,6 +8,7 @@ a finished run returns its final metrics without training again.
 import json
 import math
 import pathlib
+import time
 
 import grain
 import jax
@@ -20,7 +21,8 @@ from research import methods, models
 from research.data import pipeline, text
 from research.errors import UserError
 from research.methods import lm, taps
-from research.train import checkpoint, lm_step, optimizer, parallel, step as step_lib
+from research.teachers import cache as cache_lib, signal as signal_lib
+from research.train import checkpoint, ledger as ledger_lib, lm_step, optimizer, parallel, step as step_lib
 from research.train.metrics import MetricWriter, Progress
 from research.train.state import TrainState, init_variables
 
@@ -123,6 +125,24 @@ def _check_language_models(config, student, teachers) -> None:
                     "config.dataset.prompt_len=0 (plain text rows); set dataset.prompt_len > 0.")
 
 
+def _open_cache(config, modality) -> tuple:
+  """(arrays to train on, labelling ledger) of config.teacher.cache, checked against the run: the
+  method must consume the cache's access level at its temperature, the dataset layout (tokenizer,
+  row shape, image shape) must be the one it was labelled on, and a named teacher must be its author."""
+  if config.teacher.ensemble:
+    raise UserError("config.teacher.cache replaces the teacher; remove config.teacher.ensemble.")
+  if config.method.on_policy_fraction:
+    raise UserError("A teacher cache holds the teacher's signal on the cached rows only, not on the "
+                    "student's own samples: set config.method.on_policy_fraction=0 (on-policy "
+                    "distillation needs the teacher in memory, config.teacher.checkpoint).")
+  arrays, provenance, labelling = cache_lib.load(config.teacher.cache, config.dataset.data_dir)
+  digest = signal_lib.checkpoint_digest(config.teacher.checkpoint) if config.teacher.checkpoint else ""
+  signal_lib.check(provenance, config.method.name, config.method.temperature,
+                   cache_lib.layout(config.dataset), digest)
+  keep = (text.KEYS if modality.is_text else ("image", "label")) + signal_lib.FIELDS[provenance.level]
+  return {k: arrays[k] for k in keep}, labelling
+
+
 def _log_train(writer, progress, step: int, metrics) -> None:
   metrics = jax.device_get(metrics)
   if not np.isfinite(metrics["loss"]):
@@ -131,6 +151,18 @@ def _log_train(writer, progress, step: int, metrics) -> None:
                              "checkpoint before it is kept in the workdir.")
   writer.write(step, "train", metrics)
   progress.log(step, metrics)
+
+
+def _teacher_flops(teachers, teacher_variables, batch, modality) -> float:
+  """The in-memory teachers' forward FLOPs on one global batch (0 without one; `batch` is this
+  host's): the teacher's share of the step, for the ledger."""
+  if not teachers:
+    return 0.0
+  if modality.is_text:
+    forward = lambda v, b: teachers[0].apply(v[0], b["tokens"], b["segment_ids"], b["positions"])
+  else:
+    forward = lambda v, b: step_lib.teacher_forward(teachers, v, b.get("teacher_image", b["image"]), (), 1.0)
+  return ledger_lib.lowered_flops(jax.jit(forward), (teacher_variables, batch), jax.process_count())
 
 
 def evaluate(engine, eval_step, variables, dataset_config, split: str, batch_size: int,
@@ -162,14 +194,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   build_method(config.method)  # the method's own settings, before any data is read
   student = models.build(config.model, modality.vocab_size)
   example_shape = data.example_shape(config.dataset)
-  if config.teacher.checkpoint and config.method.name == "supervised":
+  if config.teacher.checkpoint and config.method.name in config_lib.TEACHERLESS and not config.teacher.cache:
     raise UserError(f"method '{config.method.name}' does not use a teacher; remove "
                     f"config.teacher.checkpoint={config.teacher.checkpoint!r} or pick a distillation method.")
   if config.teacher.ensemble and config.method.name != "hinton_kd":
     raise UserError("config.teacher.ensemble averages the teachers' probabilities, which only "
                     f"method 'hinton_kd' uses; method '{config.method.name}' takes one teacher.")
-  teachers = _teacher_models(config, modality.vocab_size)
-  num_train = data.num_train_examples(config)
+  cached, labelling = _open_cache(config, modality) if config.teacher.cache else (None, {})
+  teachers = () if cached is not None else _teacher_models(config, modality.vocab_size)
+  num_train = len(cached[text.KEYS[0] if modality.is_text else "image"]) if cached else \
+      data.num_train_examples(config)
   if modality.is_text:
     _check_language_models(config, student, teachers)
     method = lm.build(config.method)
@@ -200,7 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   variables = {**init_variables(student, example_shape, init_rng, modality.dtype), **init_from}
   host_state = jax.device_get(TrainState.create(variables, tx, state_rng, adapters, method_state))
   ckpt = checkpoint.Checkpointer(str(workdir), config.keep_checkpoints)
-  train_data = data.train_dataset(config, config.batch_size, seed=config.seed).to_iter_dataset(
+  train_data = (pipeline.array_dataset(cached, config.batch_size, config.seed, "The teacher cache")
+                if cached is not None else data.train_dataset(config, config.batch_size, seed=config.seed))
+  train_data = train_data.to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))
   train_iter = iter(train_data)
   if ckpt.latest_step() is not None:
@@ -226,9 +262,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("Training %s for %d steps (%d per epoch) on %d devices (%s), from step %d.",
                config.model.name, total_steps, plan["steps_per_epoch"], engine.num_devices,
                config.parallel.mode, first_step)
+  ledger = {**ledger_lib.load(str(workdir)), "labelling": labelling}
+  session_start, session_steps = time.time(), 0
   pending = None  # (step, metrics) of the previous step: read after the next one is dispatched
   for step in range(first_step + 1, total_steps + 1):
-    state, metrics = train_step(state, teacher_variables, engine.put_batch(next(train_iter)))
+    host_batch = next(train_iter)
+    batch = engine.put_batch(host_batch)
+    if "step_flops" not in ledger:
+      ledger.update(step_flops=ledger_lib.lowered_flops(train_step, (state, teacher_variables, batch),
+                                                        engine.num_devices),
+                    teacher_step_flops=_teacher_flops(teachers, engine.unreplicate(teacher_variables),
+                                                      host_batch, modality))
+    state, metrics = train_step(state, teacher_variables, batch)
+    session_steps += 1
     if pending is not None:
       _log_train(writer, progress, *pending)
       pending = None
@@ -238,6 +284,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(step, "eval", run_eval(engine.unreplicate(state).variables))
     if step % plan["checkpoint_every"] == 0 or step == total_steps:
       ckpt.save(step, engine.unreplicate(state), train_iter.get_state())
+      ledger_lib.save(str(workdir), {**ledger, "steps": step, "wall_seconds": ledger.get("wall_seconds", 0.0)
+                                     + time.time() - session_start})
   if pending is not None:
     _log_train(writer, progress, *pending)
 

@@ -2,7 +2,8 @@
 
 Each runs on one device's slice of the batch and averages over the named axis `data` with
 collectives; research/train/parallel.py runs them through `jax.shard_map` (or `jax.pmap`).
-The teacher's forward pass runs inside the same jit, in inference mode, outside the gradient.
+The teacher's forward pass runs inside the same jit, in inference mode, outside the gradient;
+a run from a teacher cache has no teacher model, its batches carry the signal instead.
 """
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from jax import lax
 
 from research import losses, methods
 from research.methods import taps
+from research.teachers.signal import SIGNAL_KEYS
 from research.train.state import TrainState
 
 AXIS = "data"
@@ -43,8 +45,11 @@ def make_train_step(student, teachers, method, tx: optax.GradientTransformation)
     if teachers:
       teacher_features = lax.stop_gradient(teacher_forward(teachers, teacher_variables, teacher_images,
                                                            method.teacher_taps, method.temperature))
+    elif "signal_log_probs" in batch:  # a level-logits teacher cache: its log-probs are logits
+      teacher_features = {"logits": batch["signal_log_probs"].astype(jnp.float32)}
     context = {"labels": labels, "mix": mix, "index": batch.get("index"), "step": state.step,
-               "rng": method_rng, "step_rng": shared_rng}
+               "rng": method_rng, "step_rng": shared_rng,
+               "signal": {k: batch[k] for k in SIGNAL_KEYS if k in batch}}
     mutable = [name for name in state.variables if name != "params"]
 
     def loss_fn(trainable):
