@@ -40,6 +40,8 @@ def method_defaults() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(dict(
       name="supervised",     # supervised | hinton_kd | fitnets | at | rkd | pkt | sp | crd | dkd
+                             # | token_kd (LMs) | topk_kd | sampled_kd (teacher caches, both)
+                             # | grpo (LMs, outcome-reward RL, no teacher)
       ce_weight=1.0,         # hard-label cross-entropy
       kd_weight=0.0,         # Hinton soft targets at `temperature` (scaled by T²)
       temperature=1.0,
@@ -72,6 +74,7 @@ def method_defaults() -> ml_collections.ConfigDict:
       sample_top_p=1.0,
       replay_size=0,             # DistiLLM: student samples kept, in global batches; 0 = always fresh
       replay_fresh=1.0,          # probability that an on-policy step samples afresh (else replays)
+      group_size=8,              # grpo: completions sampled per prompt (the group of its baseline)
   ))
 
 
@@ -109,6 +112,9 @@ def defaults() -> ml_collections.ConfigDict:
                                    # the teacher becomes their average probability (hinton_kd only)
           view="same",             # same: the teacher sees the student's (augmented, mixed) images;
                                    # clean: the un-augmented images (Beyer et al.'s fixed teacher)
+          cache="",                # name of a teacher cache (experiments/label_with_teacher.py): train on
+                                   # its rows/views and signal with no teacher in memory; checkpoint,
+                                   # if set, is then only checked against the cache's provenance
       ),
       method=method_defaults(),
       optimizer=dict(
@@ -187,7 +193,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
   return value
 
 
-METHOD_NAMES = ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd", "token_kd")
+METHOD_NAMES = ("supervised", "hinton_kd", "fitnets", "at", "rkd", "pkt", "sp", "crd", "dkd", "token_kd",
+                "topk_kd", "sampled_kd", "grpo")
+TEACHERLESS = ("supervised", "grpo")  # methods that train without a teacher
 DIVERGENCES = sequence.NAMES
 
 _CHOICES = {
@@ -210,9 +218,12 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     raise UserError("config.batch_size and config.eval_batch_size must be positive.")
   if config.num_steps <= 0 and config.num_epochs <= 0:
     raise UserError("Set config.num_epochs > 0 or config.num_steps > 0.")
-  if config.method.name != "supervised" and not config.teacher.checkpoint:
-    raise UserError(f"method '{config.method.name}' needs a teacher: set "
-                    "config.teacher.checkpoint to the workdir of a trained teacher run.")
+  if config.method.name not in TEACHERLESS and not (config.teacher.checkpoint or config.teacher.cache):
+    raise UserError(f"method '{config.method.name}' needs a teacher: set config.teacher.checkpoint to the "
+                    "workdir of a trained teacher run, or config.teacher.cache to a teacher cache's name.")
+  if config.method.name == "grpo" and config.dataset.prompt_len <= 0:
+    raise UserError("method 'grpo' samples completions of prompts and rewards the dataset's completion, but "
+                    "config.dataset.prompt_len=0 (plain text rows); set dataset.prompt_len > 0.")
 
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:

@@ -7,7 +7,10 @@ per-device gradients average (pmean) to exactly the single-device gradient.
 
 On-policy steps (GKD's λ) sample the completions from the current student with the jit'd sampler
 (research/sampling) inside the step; per-row keys fold the row's global index into the step's
-key, so any device count draws the same samples.
+key, so any device count draws the same samples. Method 'grpo' (outcome-reward RL, no teacher)
+samples `group_size` completions per prompt the same way (key of global sample row·G + g), rewards
+exact matches of the dataset's completion and weights each sampled row's log-likelihood by its
+group-relative advantage (research/methods/lm.py).
 """
 import jax
 import jax.numpy as jnp
@@ -15,8 +18,10 @@ import optax
 from jax import lax
 
 from research import sampling
+from research.errors import UserError
 from research.losses import sequence
 from research.methods import lm, taps
+from research.teachers.signal import SIGNAL_KEYS
 from research.train.state import TrainState
 from research.train.step import AXIS
 
@@ -29,6 +34,9 @@ def make_train_step(student, teacher, method: lm.TokenDistillation, tx: optax.Gr
   loader returns them); `prompt_len` the prompt columns of prompt/completion rows (the
   sampler continues from them on on-policy steps). Metrics are global token means.
   """
+  if method.name == "grpo" and prompt_len <= 0:
+    raise UserError("method 'grpo' samples completions of prompts, but config.dataset.prompt_len=0 "
+                    "(plain text rows); use a prompt/completion dataset with dataset.prompt_len > 0.")
 
   def sample_rows(params, batch, sample_rng):
     local_batch, length = batch["tokens"].shape
@@ -40,6 +48,26 @@ def make_train_step(student, teacher, method: lm.TokenDistillation, tx: optax.Gr
                             temperature=method.sample_temperature, top_k=method.sample_top_k,
                             top_p=method.sample_top_p, stop_id=eos_id, pad_id=pad_id)
     return {k: out[k].astype(batch[k].dtype) for k in lm.FIELDS}
+
+  def grpo_rows(params, batch, sample_rng):
+    """GRPO's rows: each prompt repeated group_size (G) times with a completion sampled by the
+    current student (key fold_in(sample_rng, global row · G + g)), its exact-match reward against
+    the row's reference completion and its group-relative advantage, all (B·G,)."""
+    group = method.group_size
+    local_batch, length = batch["tokens"].shape
+    first = lax.axis_index(AXIS) * local_batch * group
+    keys = sampling.row_keys(sample_rng, local_batch * group, first)
+    prompt = {k: jnp.repeat(batch[k][:, :prompt_len], group, axis=0)
+              for k in ("tokens", "segment_ids", "positions")}
+    out = sampling.generate(student, {"params": params}, prompt["tokens"], prompt["segment_ids"],
+                            prompt["positions"], keys, length - prompt_len,
+                            temperature=method.sample_temperature, top_k=method.sample_top_k,
+                            top_p=method.sample_top_p, stop_id=eos_id, pad_id=pad_id)
+    rows = {k: out[k].astype(batch[k].dtype) for k in lm.FIELDS}
+    reference = {k: jnp.repeat(batch[k], group, axis=0) for k in ("tokens", "loss_mask")}
+    reward = lm.exact_match_reward(rows["tokens"], rows["loss_mask"], reference["tokens"],
+                                   reference["loss_mask"])
+    return rows, reward, lm.group_advantages(reward.reshape(-1, group)).reshape(-1)
 
   def student_rows(params, batch, method_state, policy_rng, sample_rng):
     """The rows to train on: the dataset's, fresh student samples, or replayed ones."""
@@ -77,7 +105,12 @@ def make_train_step(student, teacher, method: lm.TokenDistillation, tx: optax.Gr
     trainable = state.trainable()
     method_state, on_policy = state.method_state, jnp.bool_(False)
     rows = {k: batch[k] for k in lm.FIELDS}
-    if method.on_policy_fraction:
+    reward = advantages = None
+    if method.name == "grpo":
+      rows, reward, advantages = grpo_rows(trainable["student"], batch, sample_rng)
+      method_state = {**method_state, "generations": method_state["generations"] + 1}
+      on_policy = jnp.bool_(True)
+    elif method.on_policy_fraction:
       rows, method_state, on_policy = student_rows(trainable["student"], batch, method_state,
                                                    policy_rng, sample_rng)
       rows = jax.tree.map(lax.stop_gradient, rows)
@@ -88,14 +121,21 @@ def make_train_step(student, teacher, method: lm.TokenDistillation, tx: optax.Gr
     teacher_out = None
     if teacher is not None:
       teacher_out = lax.stop_gradient(_forward(teacher, teacher_variables[0], inputs, method.chunk_size))
+    elif "signal_log_probs" in batch:  # a level-logits teacher cache: its log-probs are logits
+      teacher_out = batch["signal_log_probs"].astype(jnp.float32)
+    signal = {k: batch[k] for k in SIGNAL_KEYS if k in batch}
 
     def loss_fn(trainable):
       variables = {**state.variables, "params": trainable["student"]}
       student_out = _forward(student, variables, inputs, method.chunk_size)
+      if advantages is not None:  # GRPO: Σ_rows A · Σ_t −log q(y_t), over the global token count
+        nll = sequence.next_token_nll(student_out, rows["tokens"])
+        sums = {"pg": jnp.sum(jnp.where(target_mask > 0, nll * target_mask, 0) * advantages[:, None])}
+        return sums["pg"] * scale, (student_out, sums)
       if method.chunk_size:
         sums = {"kd": _chunked_kd_sum(method, student_out, teacher_out, target_mask)}
       else:
-        terms = method.token_terms(student_out, teacher_out, rows["tokens"])
+        terms = method.token_terms(student_out, teacher_out, rows["tokens"], signal)
         sums = {k: jnp.sum(jnp.where(target_mask > 0, v * target_mask, 0)) for k, v in terms.items()}
       loss = (method.ce_weight * sums.get("ce", 0.0) + method.kd_weight * sums.get("kd", 0.0)) * scale
       return loss, (student_out, sums)
@@ -107,6 +147,8 @@ def make_train_step(student, teacher, method: lm.TokenDistillation, tx: optax.Gr
     metrics = {"loss": loss, **{f"loss_{k}": v * scale for k, v in sums.items()},
                "on_policy": on_policy.astype(jnp.float32),
                "generations": method_state.get("generations", jnp.zeros((), jnp.int32)).astype(jnp.float32)}
+    if reward is not None:
+      metrics["reward"] = jnp.mean(reward)
     if not method.chunk_size:
       predicted = jnp.argmax(student_out[:, :-1], -1)
       metrics["accuracy"] = jnp.sum((predicted == rows["tokens"][:, 1:]) * target_mask) * scale
