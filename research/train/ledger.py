@@ -8,7 +8,9 @@ A run's workdir/ledger.json holds
   teacher_step_flops               the in-memory teacher's share of step_flops (0 from a cache)
   labelling                        the ledger of the teacher cache the run trained from, if any:
                                    teacher_forward_flops, api_queries, api_tokens, examples, seconds
-Totals are steps × per-step figures, so a resumed run adds its new steps to the old ones.
+Totals are steps × per-step figures, so a resumed run adds its new steps to the old ones. Every
+replica runs the optimizer update, so on D devices the update's FLOPs count D times: negligible
+for real models, visible for tiny ones (compare runs on the same device count).
 `cost_to_reach` turns a run's ledger and its eval curve into the cost of first reaching a target
 quality — the number behind "distillation cuts training cost" (compare it with a from-scratch run
 of the same student: `compare`).
