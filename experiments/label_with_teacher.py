@@ -71,7 +71,7 @@ def label(teacher_workdir: str, output: str, split: str = "", decode: str = "bea
   dataset = ml_collections.ConfigDict(config.dataset.to_dict())
   dataset.data_dir = data_dir or dataset.data_dir
   data_dir = dataset.data_dir or builders.default_data_dir()
-  if exists(output, data_dir):
+  if sources.is_prepared(output, data_dir):  # before the (slow) decoding; write_examples checks too
     raise UserError(f"Dataset '{output}' already exists in {data_dir}; pick another --output or delete it.")
   if dataset.prompt_len <= 0:
     raise UserError(f"The teacher run's dataset '{dataset.name}' has no prompts (dataset.prompt_len=0); "
@@ -88,7 +88,7 @@ def label(teacher_workdir: str, output: str, split: str = "", decode: str = "bea
 def write_examples(name: str, examples: list, data_dir: str) -> int:
   """Writes TFDS dataset `name` (split 'train', in order) of {'prompt', 'completion', 'reference'}
   strings, e.g. a teacher's rejection-sampled solutions; returns the number of examples."""
-  if exists(name, data_dir):
+  if sources.is_prepared(name, data_dir):
     raise UserError(f"Dataset '{name}' already exists in {data_dir}; pick another name or delete it.")
   _builder_class(name, examples)(data_dir=data_dir, file_format="array_record").download_and_prepare()
   return len(examples)
@@ -191,14 +191,6 @@ def _label_images(teacher, dataset_config, split, limit, views, level, top_k, te
       arrays["label"] = draws.astype(np.int32)
       arrays["signal_log_prob"] = log_probs[np.arange(len(images)), draws].astype(np.float32)
   return arrays
-
-
-def exists(name: str, data_dir: str) -> bool:
-  """Whether dataset `name` is prepared in `data_dir`."""
-  try:
-    return tfds.builder(name, data_dir=data_dir).is_prepared()
-  except Exception:  # pylint: disable=broad-except  # not registered and not on disk
-    return False
 
 
 def _dataset_config(config_spec: str, teacher_workdir: str, data_dir: str):

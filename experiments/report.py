@@ -11,14 +11,25 @@ from research.train import logs
 
 
 def write(results: dict, workdir: str, markdown, plot) -> str:
-  """Writes workdir/results.{json,md,png} with `markdown(results)` and `plot(results, path)`;
-  returns the markdown table."""
+  """Writes workdir/results.{json,md,png} with `markdown(results)` (the table) and `plot(results)`
+  (a matplotlib figure, from `pyplot()`); returns the markdown table."""
   root = pathlib.Path(workdir)
   (root / "results.json").write_text(json.dumps(results, indent=2))
   table = markdown(results)
   (root / "results.md").write_text(table)
-  plot(results, str(root / "results.png"))
+  fig = plot(results)
+  fig.tight_layout()
+  fig.savefig(str(root / "results.png"), dpi=100)
+  pyplot().close(fig)
   return table
+
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only, no display), for the plot functions."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
 
 
 def verdict(holds: bool) -> str:

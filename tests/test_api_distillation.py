@@ -56,7 +56,7 @@ def test_reproduction_verdicts(tmp_path):
   from experiments.api_distillation import reproduce  # pylint: disable=import-outside-toplevel
   results = reproduce.run(str(tmp_path), [0, 1, 2], data_dir=str(tmp_path / "tfds"))
   assert results["claims"] == reproduce.claims(results)
-  table = reproduce.write_results(results, str(tmp_path))
+  table = reproduce.write(results, str(tmp_path))
   for key, claim in results["claims"].items():
     verdict = "**PASS**" if claim["holds"] else "**NOT REPRODUCED**"
     assert any(line.startswith(f"| {key} |") and line.endswith(f"| {verdict} |") for line in table.splitlines())

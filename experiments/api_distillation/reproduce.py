@@ -20,7 +20,6 @@ Protocol and thresholds (fixed before the final run, README.md):
             the top-20 student's final held-out NLL by distillation vs the scratch run's first
             evaluation at or below it.
 """
-import json
 import pathlib
 
 import jax
@@ -216,10 +215,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   for panel, study, key, title in ((left, "image", "accuracy", "Fashion-MNIST: test accuracy"),
                                    (right, "language", "heldout_nll", "KJV: held-out NLL (nats/byte)")):
@@ -235,15 +232,14 @@ def plot(results: dict, path: str) -> None:
     panel.set_xticks(range(len(levels)), [LABELS[study][l] for l in levels], rotation=30, ha="right")
     panel.set_title(title)
   right.legend(["held-out NLL (seeds)", "mean", "teacher-scored NLL of samples"], fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  return fig
 
 
-def write_results(results: dict, workdir: str) -> str:
+def write(results: dict, workdir: str) -> str:
   return report.write(results, workdir, markdown, plot)
 
 
 if __name__ == "__main__":
   report.define_flags("/tmp/distillery/api_distillation")
   app.run(lambda argv: report.main(lambda: run(flags.FLAGS.workdir, report.seeds(), flags.FLAGS.data_dir),
-                                   write_results))
+                                   write))

@@ -24,7 +24,7 @@ from absl import app, flags
 
 from experiments import label_with_teacher, report
 from experiments.deepseekr1_2025 import config as r1_config
-from research.data import builders, synthetic
+from research.data import builders, sources, synthetic
 from research.errors import UserError
 from research.eval import lm as lm_eval
 from research.train import ledger as ledger_lib
@@ -89,7 +89,7 @@ def rejection_sample(teacher_dir: str, data_dir: str, out: pathlib.Path) -> dict
   """Writes dataset TRACES: the teacher's temperature-1 solutions of the student's N training
   questions ("[explain] q", K per question) whose final answer is right; returns the statistics."""
   def compute():
-    if label_with_teacher.exists(r1_config.TRACES, data_dir):
+    if sources.is_prepared(r1_config.TRACES, data_dir):
       raise UserError(f"Dataset {r1_config.TRACES} exists in {data_dir} but {out} does not record how it "
                       "was made; delete the dataset folder (or use a fresh --workdir/--data_dir).")
     config, model, variables = lm_eval.load_run(teacher_dir)
@@ -208,10 +208,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   scores = results["scores"]
   runs = list(scores)
   fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -223,9 +221,7 @@ def plot(results: dict, path: str) -> None:
                      fontsize=7, rotation=12)
   ax.set(ylabel="exact match % (500 test questions)", ylim=(0, 100),
          title="Distillation vs GRPO, 2–3-digit addition (dots: seeds)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def write(results: dict, workdir: str) -> str:

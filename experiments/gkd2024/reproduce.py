@@ -220,10 +220,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
   arms = [arm for _, arm in ROWS]
   for i, arm in enumerate(arms):
@@ -242,9 +240,7 @@ def plot(results: dict, path: str) -> None:
   right.set(xlabel="student-generation calls", ylabel="teacher NLL / byte",
             title="teacher-NLL over training (one line per seed)")
   right.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def write(results: dict, workdir: str) -> str:

@@ -146,10 +146,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   seeds = list(results["omit3"])
   x = np.arange(len(seeds))
@@ -165,9 +163,7 @@ def plot(results: dict, path: str) -> None:
     right.plot(biases, list(results["omit3"][s]["val_errors_by_bias"].values()), ls=":", label=f"validation, seed {s}")
   right.set(xlabel="bias added to the class-3 logit", ylabel="errors", title="Omitted-3 student")
   right.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def write(results: dict, workdir: str) -> str:

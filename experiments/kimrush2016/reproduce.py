@@ -19,7 +19,7 @@ from absl import app, flags
 
 from experiments import label_with_teacher, report
 from experiments.kimrush2016 import config as kr_config
-from research.data import synthetic
+from research.data import sources, synthetic
 from research.eval import lm as lm_eval
 from research.train.loop import train_and_evaluate
 
@@ -51,7 +51,7 @@ def seqkd_name(teacher_dir: str) -> str:
 def make_seqkd_data(teacher_dir: str, data_dir: str) -> str:
   """Labels the training prompts with the teacher's beam-5 outputs once; returns the dataset name."""
   name = seqkd_name(teacher_dir)
-  if not label_with_teacher.exists(name, data_dir):
+  if not sources.is_prepared(name, data_dir):
     label_with_teacher.label(teacher_dir, name, decode="beam", beam_size=BEAM_SIZE, data_dir=data_dir,
                              batch_size=LABEL_BATCH)
   return name
@@ -152,10 +152,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   scores = results["scores"]
   names = [n for n in LABELS if n in scores]
   fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -168,9 +166,7 @@ def plot(results: dict, path: str) -> None:
          title="Kim & Rush 2016 on styled_seq2seq: greedy vs beam 5 (bar = mean over seeds)")
   ax.set_xticklabels(names)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def write(results: dict, workdir: str) -> str:

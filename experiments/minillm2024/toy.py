@@ -172,10 +172,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   x = np.asarray(results["bins"])
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.fill_between(x, results["teacher_probs"], color="0.8", label="teacher (bimodal)")
@@ -186,9 +184,7 @@ def plot(results: dict, path: str) -> None:
   ax.set(xlabel="x (bin centre)", ylabel="probability per bin",
          title=f"MiniLLM toy, seed {results['fits']['forward_kl'][0]['seed']}")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def write(results: dict, workdir: str) -> str:

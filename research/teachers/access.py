@@ -12,6 +12,7 @@ Both kinds of teacher answer the same three questions, so the labelling script
 Each keeps a `usage` dict for the compute ledger: teacher_forward_flops (in process: XLA's cost
 analysis of the teacher's forward, per call), api_queries and api_tokens (through the API).
 """
+import functools
 import json
 import pathlib
 
@@ -43,9 +44,13 @@ class LocalTeacher:
       self.variables = checkpoint.load_model_variables(
           self.workdir, self.model, pipeline.example_shape(self.config.dataset), "teacher", np.float32)
     self.name, self.source = self.workdir, "in-process"
-    self.digest = signal.checkpoint_digest(self.workdir)
     self.usage = {"teacher_forward_flops": 0.0, "api_queries": 0, "api_tokens": 0}
     self._flops = {}
+
+  @functools.cached_property
+  def digest(self) -> str:
+    """The checkpoint digest for provenance; read (all weight files) only when a cache is written."""
+    return signal.checkpoint_digest(self.workdir)
 
   def _count(self, fn, *args) -> None:
     shapes = tuple(np.shape(a) for a in jax.tree.leaves(args[1:]))

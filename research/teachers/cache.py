@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import builders
+from research.data import builders, sources
 from research.errors import UserError
 from research.teachers.signal import Provenance
 
@@ -49,10 +49,8 @@ def _builder_class(name: str, arrays: dict, metadata: dict):
 
 
 def exists(name: str, data_dir: str = "") -> bool:
-  try:
-    return tfds.builder(name, data_dir=data_dir or builders.default_data_dir()).is_prepared()
-  except Exception:  # pylint: disable=broad-except  # not registered and not on disk
-    return False
+  """Whether a dataset (a cache, or anything else) named `name` is prepared in `data_dir`."""
+  return sources.is_prepared(name, data_dir)
 
 
 def write(name: str, arrays: dict, provenance: Provenance, ledger: dict, data_dir: str = "") -> str:

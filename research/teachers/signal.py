@@ -31,7 +31,7 @@ from research.errors import UserError
 LEVELS = ("logits", "topk", "sample", "text")
 FIELDS = {"logits": ("signal_log_probs",), "topk": ("signal_topk",), "sample": ("signal_log_prob",),
           "text": ()}
-SIGNAL_KEYS = ("signal_log_probs", "signal_topk", "signal_log_prob")
+SIGNAL_KEYS = tuple(key for keys in FIELDS.values() for key in keys)
 # The methods that consume each level (language model, image classifier).
 METHODS = {"logits": ("token_kd", "hinton_kd", "dkd"), "topk": ("topk_kd",), "sample": ("sampled_kd",),
            "text": ("supervised",)}

@@ -202,8 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     f"method 'hinton_kd' uses; method '{config.method.name}' takes one teacher.")
   cached, labelling = _open_cache(config, modality) if config.teacher.cache else (None, {})
   teachers = () if cached is not None else _teacher_models(config, modality.vocab_size)
-  num_train = len(cached[text.KEYS[0] if modality.is_text else "image"]) if cached else \
-      data.num_train_examples(config)
+  num_train = len(next(iter(cached.values()))) if cached else data.num_train_examples(config)
   if modality.is_text:
     _check_language_models(config, student, teachers)
     method = lm.build(config.method)
