@@ -224,14 +224,15 @@ def plot(results: dict):
     levels = list(runs)
     for x, level in enumerate(levels):
       values = [r[key] for r in runs[level].values()]
-      panel.scatter([x] * len(values), values, color="C0")
-      panel.plot([x - 0.2, x + 0.2], [np.mean(values)] * 2, color="C1")
-    if key == "heldout_nll":
-      for x, level in enumerate(levels):
-        panel.scatter([x], [np.mean([r["teacher_nll"] for r in runs[level].values()])], marker="x", color="C2")
+      first = x == 0  # one legend entry per kind of mark
+      panel.scatter([x] * len(values), values, color="C0", label="seeds" if first else None)
+      panel.plot([x - 0.2, x + 0.2], [np.mean(values)] * 2, color="C1", label="mean" if first else None)
+      if key == "heldout_nll":
+        panel.scatter([x], [np.mean([r["teacher_nll"] for r in runs[level].values()])], marker="x", color="C2",
+                      label="teacher-scored NLL of samples (mean)" if first else None)
     panel.set_xticks(range(len(levels)), [LABELS[study][l] for l in levels], rotation=30, ha="right")
     panel.set_title(title)
-  right.legend(["held-out NLL (seeds)", "mean", "teacher-scored NLL of samples"], fontsize=7)
+    panel.legend(fontsize=7)
   return fig
 
 
